@@ -1,0 +1,72 @@
+"""A session along the chain of shards: hidden states go node to node, every receipt is checked."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from veriswarm.checks import Expected, check_receipt
+from veriswarm.errors import ProtocolError, ReceiptError
+from veriswarm.frames import DTYPE_NAMES, decode_tensor, encode_tensor
+from veriswarm.receipts import ReceiptDomain, context_seed, hex32
+from veriswarm.sinks import HopRecord, ReceiptSink
+
+from .transport import NodeLink
+
+
+@dataclass
+class _Hop:
+    link: NodeLink
+    shard_index: int
+    step: int = 0
+    context: bytes = b""
+
+
+class ChainSession:
+    def __init__(self, links: list[NodeLink], *, manifest_hash: str, domain: ReceiptDomain, sink: ReceiptSink,
+                 wire_dtype: str = "float32", max_frame_bytes: int = 256 * 1024 * 1024) -> None:
+        if wire_dtype not in ("float32", "float16", "bfloat16"):
+            raise ValueError(f"wire dtype {wire_dtype!r} is not supported")
+        self.session_id = hex32(os.urandom(32))
+        self.manifest_hash = manifest_hash
+        self.domain = domain
+        self.sink = sink
+        self.wire_dtype = DTYPE_NAMES[wire_dtype]
+        self.max_frame_bytes = max_frame_bytes
+        self.hops = [_Hop(link, link.peer.shard_index) for link in links]
+        self.position = 0
+
+    async def open(self, max_length: int) -> None:
+        for hop in self.hops:
+            await hop.link.open(self.manifest_hash, hop.shard_index, self.session_id, max_length)
+            hop.context = context_seed(self.manifest_hash, hop.shard_index, self.session_id)
+
+    async def step(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Run [1, T, H] hidden states for the next T positions through every shard."""
+        start, t = self.position, int(hidden.shape[1])
+        x = hidden
+        for hop in self.hops:
+            frame = encode_tensor(x.to(self.wire_dtype))
+            nonce = hex32(os.urandom(32))
+            receipt, out_frame = await hop.link.step(self.session_id, hop.step, start, nonce, frame)
+            expected = Expected(address=hop.link.peer.address, manifest_hash=self.manifest_hash,
+                                shard_index=hop.shard_index, session_id=self.session_id, step=hop.step,
+                                start_pos=start, num_tokens=t, request_nonce=nonce, previous_context=hop.context)
+            try:
+                hop.context = check_receipt(receipt, expected, frame, out_frame, self.domain)
+                out = decode_tensor(out_frame, max_bytes=self.max_frame_bytes, dtypes=frozenset({self.wire_dtype}))
+            except (ReceiptError, ProtocolError) as exc:
+                raise ReceiptError(f"{hop.link.peer.url} (shard {hop.shard_index}): {exc}") from None
+            if tuple(out.shape) != tuple(x.shape):
+                raise ReceiptError(f"{hop.link.peer.url}: output shape {list(out.shape)} != input {list(x.shape)}")
+            self.sink.submit(HopRecord(receipt, hop.link.peer.url, hop.link.peer.address, frame, out_frame))
+            hop.step += 1
+            x = out.to(torch.float32)
+        self.position = start + t
+        return x
+
+    async def close(self) -> None:
+        for hop in self.hops:
+            await hop.link.close(self.session_id)

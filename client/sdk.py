@@ -1,0 +1,312 @@
+"""The application developer's SDK: embeddings and LM head run here; nodes only see hidden states."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import torch
+
+from veriswarm.errors import ConfigError, RemoteError
+from veriswarm.manifest import ModelDir
+from veriswarm.receipts import ReceiptDomain
+from veriswarm.sinks import HopRecord, MemorySink, NullSink, ReceiptSink
+from veriswarm.split.artifacts import load_head
+
+from .chain import ChainSession
+from .registry import Registry, StaticRegistry
+from .sampling import SamplingParams, sample
+from .transport import NodeLink, ResolvedPeer, resolve_peer
+
+T = TypeVar("T")
+
+
+@dataclass
+class TokenEvent:
+    token_id: int
+    text: str  # the new text this token completed (may be "" for a partial multi-byte character)
+    logits: torch.Tensor | None = None
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    finish_reason: str  # "stop" (EOS or a stop string) or "length"
+    route: list[str]  # node URLs, shard order
+    records: list[HopRecord] = field(default_factory=list)
+    step_logits: list[torch.Tensor] = field(default_factory=list)
+    ttft_s: float = 0.0
+    total_s: float = 0.0
+
+
+class _Tee:
+    """Sends each checked hop to the user's sink and keeps it for the Generation."""
+
+    def __init__(self, sink: ReceiptSink) -> None:
+        self.sink, self.mine = sink, MemorySink()
+
+    def submit(self, record: HopRecord) -> None:
+        self.mine.submit(record)
+        self.sink.submit(record)
+
+
+class AsyncClient:
+    def __init__(self, model_dir: str | Path, registry: Registry | str | list[str], *,
+                 sink: ReceiptSink | None = None, domain: ReceiptDomain | None = None,
+                 wire_dtype: str = "float32", timeout_s: float = 60.0) -> None:
+        self.model_dir = ModelDir.open(model_dir)
+        self.manifest = self.model_dir.manifest
+        self.registry = registry if not isinstance(registry, (str, list)) else StaticRegistry.from_urls(registry)
+        self.sink = sink or NullSink()
+        self.domain = domain or ReceiptDomain()
+        self.wire_dtype = wire_dtype
+        self.timeout_s = timeout_s
+        self.head = load_head(self.model_dir)
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir.tokenizer_dir()))
+        self._http: aiohttp.ClientSession | None = None
+
+    @property
+    def manifest_hash(self) -> str:
+        return self.manifest.hash
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        return self._http
+
+    # ---- routing -------------------------------------------------------------------------
+    async def route(self) -> list[ResolvedPeer]:
+        """One live node per shard, in shard order, each checked against the manifest and domain."""
+        http = self._session()
+        candidates = await self.registry.peers(self.manifest_hash)
+        chosen: dict[int, ResolvedPeer] = {}
+        problems: list[str] = []
+        for peer in candidates:
+            if peer.shard_index is not None and peer.shard_index in chosen:
+                continue
+            try:
+                resolved = await resolve_peer(http, peer, self.manifest_hash, self.timeout_s)
+            except RemoteError as exc:
+                problems.append(str(exc))
+                continue
+            if (resolved.info.chain_id, resolved.info.verifying_contract.lower()) != (
+                    self.domain.chain_id, self.domain.verifying_contract.lower()):
+                problems.append(f"{peer.url}: signs receipts for chain {resolved.info.chain_id} / "
+                                f"{resolved.info.verifying_contract}, not this client's domain")
+                continue
+            chosen.setdefault(resolved.shard_index, resolved)
+        missing = [i for i in range(len(self.manifest.shards)) if i not in chosen]
+        if missing:
+            detail = f" ({'; '.join(problems)})" if problems else ""
+            raise RemoteError("registry", "no_route", f"no reachable node serves shard(s) {missing}{detail}")
+        return [chosen[i] for i in range(len(self.manifest.shards))]
+
+    # ---- prompts ---------------------------------------------------------------------------
+    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ConfigError("this model's tokenizer has no chat template; use generate() with a plain prompt")
+        text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def encode(self, prompt: str) -> list[int]:
+        return list(self.tokenizer(prompt).input_ids)
+
+    def _eos_ids(self) -> set[int]:
+        ids: set[int] = set()
+        eos = self.manifest.config.eos_token_id
+        ids.update(eos if isinstance(eos, list) else ([] if eos is None else [eos]))
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(int(self.tokenizer.eos_token_id))
+        return ids
+
+    # ---- generation ------------------------------------------------------------------------
+    async def stream_ids(self, prompt_ids: Sequence[int], *, max_new_tokens: int = 64,
+                         params: SamplingParams | None = None, stop: Sequence[str] = (),
+                         return_logits: bool = False, _out: Generation | None = None) -> AsyncIterator[TokenEvent]:
+        params = params or SamplingParams()
+        if not prompt_ids:
+            raise ConfigError("the prompt is empty")
+        if max_new_tokens < 1:
+            raise ConfigError("max_new_tokens must be at least 1")
+        max_length = len(prompt_ids) + max_new_tokens
+        if max_length > self.manifest.config.max_position_embeddings:
+            raise ConfigError(f"prompt + max_new_tokens = {max_length} exceeds the model's context of "
+                              f"{self.manifest.config.max_position_embeddings}")
+        generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
+        peers = await self.route()
+        links = [NodeLink(self._session(), p, self.timeout_s) for p in peers]
+        tee = _Tee(self.sink)
+        chain = ChainSession(links, manifest_hash=self.manifest_hash, domain=self.domain, sink=tee,
+                             wire_dtype=self.wire_dtype)
+        gen = _out if _out is not None else Generation("", [], len(prompt_ids), "length", [])
+        gen.route = [p.url for p in peers]
+        gen.records = tee.mine.records
+        eos = self._eos_ids()
+        t0 = time.perf_counter()
+        try:
+            await chain.open(max_length)
+            hidden = self.head.embed_tokens(torch.tensor([list(prompt_ids)]))
+            text = ""  # text already yielded
+            stopped = False
+            for i in range(max_new_tokens):
+                out = await chain.step(hidden)
+                logits = self.head.logits(out[:, -1:])[0, -1]
+                if return_logits:
+                    gen.step_logits.append(logits.clone())
+                token = sample(logits, params, generator)
+                if i == 0:
+                    gen.ttft_s = time.perf_counter() - t0
+                if token in eos:
+                    gen.finish_reason = "stop"
+                    break
+                gen.token_ids.append(token)
+                full = self.tokenizer.decode(gen.token_ids, skip_special_tokens=True)
+                hit = _first_stop(full, stop)
+                if hit is not None:
+                    delta, text = full[:hit][len(text):], full[:hit]
+                    gen.finish_reason, stopped = "stop", True
+                    yield TokenEvent(token, delta, logits if return_logits else None)
+                    break
+                # Hold back an unfinished character and any tail that may begin a stop string.
+                safe = full[:-1] if full.endswith("\ufffd") else full
+                safe = safe[: len(safe) - _stop_prefix_len(safe, stop)]
+                delta = safe[len(text):] if len(safe) > len(text) and safe.startswith(text) else ""
+                text += delta
+                yield TokenEvent(token, delta, logits if return_logits else None)
+                if i + 1 < max_new_tokens:
+                    hidden = self.head.embed_tokens(torch.tensor([[token]]))
+            if not stopped:
+                full = self.tokenizer.decode(gen.token_ids, skip_special_tokens=True)
+                if len(full) > len(text) and full.startswith(text):
+                    yield TokenEvent(gen.token_ids[-1], full[len(text):])
+                text = full
+            gen.text = text
+        finally:
+            gen.total_s = time.perf_counter() - t0
+            await chain.close()
+
+    async def generate_ids(self, prompt_ids: Sequence[int], *, max_new_tokens: int = 64,
+                           temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
+                           stop: Sequence[str] = (), return_logits: bool = False) -> Generation:
+        gen = Generation("", [], len(prompt_ids), "length", [])
+        params = SamplingParams(temperature, top_p, top_k, seed)
+        async for _ in self.stream_ids(prompt_ids, max_new_tokens=max_new_tokens, params=params, stop=stop,
+                                       return_logits=return_logits, _out=gen):
+            pass
+        return gen
+
+    async def generate(self, prompt: str, **kwargs: Any) -> Generation:
+        """Complete a plain text prompt (no chat template)."""
+        return await self.generate_ids(self.encode(prompt), **kwargs)
+
+    async def chat(self, messages: Sequence[dict[str, str]], **kwargs: Any) -> Generation:
+        """Answer a chat (list of {"role", "content"}) using the model's chat template."""
+        return await self.generate_ids(self.encode_chat(messages), **kwargs)
+
+    async def stream(self, prompt: str | None = None, *, messages: Sequence[dict[str, str]] | None = None,
+                     max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
+                     seed: int | None = None, stop: Sequence[str] = ()) -> AsyncIterator[str]:
+        """Yield text pieces as tokens arrive, for a prompt or a chat."""
+        if (prompt is None) == (messages is None):
+            raise ConfigError("give exactly one of prompt or messages")
+        ids = self.encode(prompt) if prompt is not None else self.encode_chat(messages or [])
+        params = SamplingParams(temperature, top_p, top_k, seed)
+        async for event in self.stream_ids(ids, max_new_tokens=max_new_tokens, params=params, stop=stop):
+            if event.text:
+                yield event.text
+
+
+def _first_stop(text: str, stops: Sequence[str]) -> int | None:
+    hits = [text.find(s) for s in stops if s and s in text]
+    return min(hits) if hits else None
+
+
+def _stop_prefix_len(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest tail of ``text`` that is a proper prefix of some stop string."""
+    best = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:n]):
+                best = max(best, n)
+                break
+    return best
+
+
+class Client:
+    """Blocking facade over :class:`AsyncClient`; runs its own event loop in a background thread."""
+
+    def __init__(self, model_dir: str | Path, registry: Registry | str | list[str], **kwargs: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="veriswarm-client", daemon=True)
+        self._thread.start()
+        self._async = AsyncClient(model_dir, registry, **kwargs)
+
+    def _call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._async.tokenizer
+
+    @property
+    def manifest_hash(self) -> str:
+        return self._async.manifest_hash
+
+    def generate(self, prompt: str, **kwargs: Any) -> Generation:
+        result: Generation = self._call(self._async.generate(prompt, **kwargs))
+        return result
+
+    def chat(self, messages: Sequence[dict[str, str]], **kwargs: Any) -> Generation:
+        result: Generation = self._call(self._async.chat(messages, **kwargs))
+        return result
+
+    def generate_ids(self, prompt_ids: Sequence[int], **kwargs: Any) -> Generation:
+        result: Generation = self._call(self._async.generate_ids(prompt_ids, **kwargs))
+        return result
+
+    def stream(self, prompt: str | None = None, **kwargs: Any) -> Iterator[str]:
+        agen = self._async.stream(prompt, **kwargs)
+        try:
+            while True:
+                try:
+                    yield self._call(agen.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._call(agen.aclose())
+
+    def close(self) -> None:
+        if self._loop.is_running():
+            self._call(self._async.close())
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
+        self._loop.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

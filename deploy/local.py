@@ -1,0 +1,143 @@
+"""Run a swarm of node processes on loopback: one per shard (or more), each a real process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from veriswarm.errors import ConfigError
+from veriswarm.keys import create_keystore, keystore_address
+from veriswarm.manifest import ModelDir
+
+DEVNET_PASSWORD = "veriswarm-devnet"  # throwaway keys for a local swarm only
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class NodeProcess:
+    shard: int
+    url: str
+    port: int
+    key_file: Path
+    log_file: Path
+    proc: subprocess.Popen[bytes]
+    address: str = ""
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class LocalSwarm:
+    """Start ``replicas`` node processes per shard of ``model_dir`` on loopback ports."""
+
+    model_dir: Path
+    workdir: Path
+    replicas: int = 1
+    host: str = "127.0.0.1"
+    base_port: int = 0  # 0: pick free ports
+    torch_threads: int = 0
+    extra_args: list[str] = field(default_factory=list)
+    nodes: list[NodeProcess] = field(default_factory=list)
+
+    def _python_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["VERISWARM_KEY_PASSWORD"] = DEVNET_PASSWORD
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def start(self, timeout_s: float = 180.0) -> list[NodeProcess]:
+        manifest = ModelDir.open(self.model_dir).manifest
+        keys = self.workdir / "keys"
+        logs = self.workdir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        n = 0
+        for shard in range(len(manifest.shards)):
+            for r in range(self.replicas):
+                key = keys / f"node-{shard}-{r}.json"
+                if not key.exists():
+                    create_keystore(key, DEVNET_PASSWORD, light=True)
+                port = self.base_port + n if self.base_port else free_port(self.host)
+                n += 1
+                log = logs / f"node-{shard}-{r}.log"
+                cmd = [sys.executable, "-m", "veriswarm.cli", "node", "start", "--shard", str(shard),
+                       "--model-dir", str(self.model_dir), "--key", str(key), "--host", self.host,
+                       "--port", str(port), "--torch-threads", str(self.torch_threads), *self.extra_args]
+                with log.open("wb") as fh:
+                    proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=self._python_env(),
+                                            start_new_session=True)
+                self.nodes.append(NodeProcess(shard, f"http://{self.host}:{port}", port, key, log, proc,
+                                              keystore_address(key) or ""))
+        self.wait_ready(timeout_s)
+        return self.nodes
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        pending = list(self.nodes)
+        while pending:
+            for node in list(pending):
+                if not node.alive():
+                    self.stop()
+                    raise ConfigError(f"node for shard {node.shard} exited during start-up:\n{node.log_tail()}")
+                try:
+                    with urllib.request.urlopen(f"{node.url}/health", timeout=1) as resp:
+                        if resp.status == 200:
+                            pending.remove(node)
+                except OSError:
+                    pass
+            if pending and time.monotonic() > deadline:
+                self.stop()
+                raise ConfigError(f"nodes did not become ready within {timeout_s:.0f}s: "
+                                  f"{[n.url for n in pending]}")
+            if pending:
+                time.sleep(0.2)
+
+    @property
+    def urls(self) -> list[str]:
+        return [n.url for n in self.nodes]
+
+    def kill(self, node: NodeProcess, sig: int = signal.SIGKILL) -> None:
+        if node.alive():
+            os.killpg(node.proc.pid, sig)
+            node.proc.wait(timeout=30)
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        for node in self.nodes:
+            if node.alive():
+                try:
+                    os.killpg(node.proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + timeout_s
+        for node in self.nodes:
+            try:
+                node.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(node.proc.pid, signal.SIGKILL)
+                node.proc.wait()
+
+    def __enter__(self) -> LocalSwarm:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

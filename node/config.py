@@ -1,0 +1,91 @@
+"""Node configuration: one dataclass, filled from a TOML file, then env, then flags (flags win)."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from veriswarm.errors import ConfigError
+
+ENV_PREFIX = "VERISWARM_NODE_"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    model_dir: Path = Path(".veriswarm/models/smollm2-4")
+    shard: int = 0
+    host: str = "127.0.0.1"
+    port: int = 8700
+    key_file: Path = Path(".veriswarm/keys/node.json")
+    #: Largest HTTP body / WebSocket message accepted, in bytes.
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_sessions: int = 32
+    #: Longest session (positions) a client may open.
+    max_length: int = 2048
+    #: Memory the node may reserve for KV caches across sessions, in bytes.
+    cache_memory_bytes: int = 2 * 1024**3
+    session_idle_timeout_s: float = 300.0
+    #: Forward passes allowed to run at once (each in a worker thread, off the event loop).
+    max_concurrency: int = 1
+    torch_threads: int = 0  # 0: torch's default
+    chain_id: int = 31337
+    verifying_contract: str = "0x" + "00" * 20
+    advertise_url: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"port {self.port} is outside 1..65535")
+        for name in ("max_body_bytes", "max_sessions", "max_length", "cache_memory_bytes", "max_concurrency"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.shard < 0:
+            raise ConfigError(f"shard index must be >= 0, got {self.shard}")
+
+    @property
+    def url(self) -> str:
+        return self.advertise_url or f"http://{self.host}:{self.port}"
+
+    @classmethod
+    def from_file(cls, path: Path) -> dict[str, Any]:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} not found") from None
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+        return dict(data.get("node", data))
+
+    @classmethod
+    def resolve(cls, *, config_file: Path | None = None, env: dict[str, str] | None = None,
+                **flags: Any) -> NodeConfig:
+        """Defaults < config file < environment (VERISWARM_NODE_*) < flags that were given (not None)."""
+        env = dict(os.environ if env is None else env)
+        values: dict[str, Any] = {}
+        if config_file is not None:
+            values.update(cls.from_file(config_file))
+        known = {f.name: f for f in fields(cls) if f.name != "extra"}
+        for name in known:
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw is not None:
+                values[name] = raw
+        values.update({k: v for k, v in flags.items() if v is not None})
+        unknown = set(values) - set(known)
+        if unknown:
+            raise ConfigError(f"unknown node setting(s): {', '.join(sorted(unknown))}")
+        base = cls()
+        return replace(base, **{k: _coerce(k, v, type(getattr(base, k))) for k, v in values.items()})
+
+
+def _coerce(name: str, value: Any, kind: type) -> Any:
+    try:
+        if kind is Path:
+            return Path(value)
+        if kind is bool:
+            return value if isinstance(value, bool) else str(value).lower() in {"1", "true", "yes"}
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"setting {name}={value!r} is not a valid {kind.__name__}") from None

@@ -1,0 +1,121 @@
+"""Binary tensor frames: a small fixed header followed by raw little-endian bytes.
+
+Layout (all integers little-endian)::
+
+    magic   4 bytes  b"VSTF"
+    version u8       FRAME_VERSION
+    dtype   u8       code from DTYPE_CODES
+    ndim    u8       1..MAX_NDIM
+    flags   u8       reserved, must be 0
+    dims    ndim x u32
+    data    prod(dims) * itemsize bytes, C order
+
+There is no pickle and no variable-length metadata: a frame is either exactly well formed or
+rejected with a :class:`ProtocolError`. Hashes in receipts are taken over these exact bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import sys
+
+import torch
+
+from .errors import ErrorCode, ProtocolError
+
+MAGIC = b"VSTF"
+FRAME_VERSION = 1
+MAX_NDIM = 4
+_HEAD = struct.Struct("<4sBBBB")
+
+DTYPE_CODES: dict[torch.dtype, int] = {torch.float32: 1, torch.float16: 2, torch.bfloat16: 3, torch.int8: 4}
+CODE_DTYPES: dict[int, torch.dtype] = {v: k for k, v in DTYPE_CODES.items()}
+DTYPE_NAMES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int8": torch.int8,
+}
+
+if sys.byteorder != "little":  # pragma: no cover - every supported platform is little-endian
+    raise ImportError("veriswarm frames assume a little-endian host")
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    for name, dt in DTYPE_NAMES.items():
+        if dt == dtype:
+            return name
+    raise ProtocolError(ErrorCode.BAD_DTYPE, f"dtype {dtype} is not supported on the wire")
+
+
+def encode_tensor(tensor: torch.Tensor) -> bytes:
+    """Encode a CPU tensor as a frame. The tensor's dtype must be one of DTYPE_CODES."""
+    if tensor.dtype not in DTYPE_CODES:
+        raise ProtocolError(ErrorCode.BAD_DTYPE, f"dtype {tensor.dtype} is not supported on the wire")
+    if not 1 <= tensor.dim() <= MAX_NDIM:
+        raise ProtocolError(ErrorCode.BAD_SHAPE, f"tensor rank {tensor.dim()} is outside 1..{MAX_NDIM}")
+    t = tensor.detach().to("cpu").contiguous()
+    head = _HEAD.pack(MAGIC, FRAME_VERSION, DTYPE_CODES[t.dtype], t.dim(), 0)
+    dims = struct.pack(f"<{t.dim()}I", *t.shape)
+    # bfloat16 has no numpy dtype: view the storage as int16 to get at the raw bytes.
+    raw = t.view(torch.int16).numpy().tobytes() if t.dtype == torch.bfloat16 else t.numpy().tobytes()
+    return head + dims + raw
+
+
+def decode_tensor(
+    data: bytes | bytearray | memoryview,
+    *,
+    max_bytes: int,
+    dtypes: frozenset[torch.dtype] | None = None,
+) -> torch.Tensor:
+    """Decode and validate a frame. Raises ProtocolError with a one-line reason on any defect."""
+    buf = memoryview(data)
+    if len(buf) > max_bytes:
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"frame of {len(buf)} bytes exceeds the cap of {max_bytes}")
+    if len(buf) < _HEAD.size:
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"frame truncated: {len(buf)} bytes is shorter than its header")
+    magic, version, code, ndim, flags = _HEAD.unpack_from(buf, 0)
+    if magic != MAGIC:
+        raise ProtocolError(ErrorCode.BAD_FRAME, "not a tensor frame (bad magic)")
+    if version != FRAME_VERSION:
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"unsupported frame version {version}")
+    if flags != 0:
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"reserved frame flags must be 0, got {flags}")
+    if code not in CODE_DTYPES:
+        raise ProtocolError(ErrorCode.BAD_DTYPE, f"unknown dtype code {code}")
+    dtype = CODE_DTYPES[code]
+    if dtypes is not None and dtype not in dtypes:
+        allowed = ", ".join(sorted(dtype_name(d) for d in dtypes))
+        raise ProtocolError(ErrorCode.BAD_DTYPE, f"dtype {dtype_name(dtype)} not accepted here (allowed: {allowed})")
+    if not 1 <= ndim <= MAX_NDIM:
+        raise ProtocolError(ErrorCode.BAD_SHAPE, f"tensor rank {ndim} is outside 1..{MAX_NDIM}")
+    dims_end = _HEAD.size + 4 * ndim
+    if len(buf) < dims_end:
+        raise ProtocolError(ErrorCode.BAD_FRAME, "frame truncated inside its shape")
+    shape = struct.unpack_from(f"<{ndim}I", buf, _HEAD.size)
+    numel = 1
+    for d in shape:
+        numel *= d
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    expected = dims_end + numel * itemsize
+    if len(buf) != expected:
+        raise ProtocolError(
+            ErrorCode.BAD_FRAME,
+            f"frame has {len(buf)} bytes but shape {list(shape)} of {dtype_name(dtype)} needs {expected}",
+        )
+    if numel == 0:
+        return torch.empty(shape, dtype=dtype)
+    payload = bytearray(buf[dims_end:])  # own the bytes: the tensor must outlive the request buffer
+    if dtype == torch.bfloat16:
+        out = torch.frombuffer(payload, dtype=torch.int16).view(torch.bfloat16)
+    else:
+        out = torch.frombuffer(payload, dtype=dtype)
+    out = out.reshape(shape)
+    if dtype.is_floating_point and not bool(torch.isfinite(out).all()):
+        raise ProtocolError(ErrorCode.BAD_FRAME, "frame contains NaN or infinite values")
+    return out
+
+
+def sha256(data: bytes | bytearray | memoryview) -> bytes:
+    return hashlib.sha256(data).digest()

@@ -1,0 +1,173 @@
+"""The wire protocol between clients, nodes and verifiers: versions, envelopes, message types.
+
+Every binary message (HTTP body or WebSocket frame) is an *envelope*::
+
+    magic   4 bytes  b"VSW1"
+    hlen    u32 LE   length of the JSON header
+    header  hlen bytes of UTF-8 JSON, validated against one of the message models below
+    payload the rest: a tensor frame (see frames.py) or nothing
+
+Headers are validated strictly (unknown fields refused) before anything else is looked at.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from .errors import ErrorCode, ProtocolError
+from .receipts import Receipt
+
+PROTOCOL_VERSION = "1"
+VERSION_HEADER = "X-Veriswarm-Protocol"
+ENVELOPE_MAGIC = b"VSW1"
+MAX_HEADER_BYTES = 16 * 1024
+_ENV = struct.Struct("<4sI")
+
+Hex32 = Annotated[str, Field(pattern=r"^0x[0-9a-f]{64}$")]
+Uint32 = Annotated[int, Field(ge=0, le=2**32 - 1)]
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ForwardRequest(_Msg):
+    """Stateless forward of a whole sequence (positions 0..T-1) through one shard."""
+
+    type: Literal["forward"] = "forward"
+    manifest_hash: Hex32
+    shard_index: Uint32
+    session_id: Hex32
+    request_nonce: Hex32
+
+
+class OpenSession(_Msg):
+    type: Literal["open"] = "open"
+    manifest_hash: Hex32
+    shard_index: Uint32
+    session_id: Hex32
+    max_length: Annotated[int, Field(ge=1, le=1 << 20)]
+
+
+class StepRequest(_Msg):
+    """One step of a session: the hidden states of ``T`` new positions starting at ``start_pos``."""
+
+    type: Literal["step"] = "step"
+    session_id: Hex32
+    step: Uint32
+    start_pos: Uint32
+    request_nonce: Hex32
+
+
+class CloseSession(_Msg):
+    type: Literal["close"] = "close"
+    session_id: Hex32
+
+
+class Opened(_Msg):
+    type: Literal["opened"] = "opened"
+    session_id: Hex32
+    max_length: int
+
+
+class StepResult(_Msg):
+    type: Literal["result"] = "result"
+    receipt: dict[str, Any]
+
+
+class Closed(_Msg):
+    type: Literal["closed"] = "closed"
+    session_id: Hex32
+
+
+class ErrorReply(_Msg):
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+    session_id: str | None = None
+    step: int | None = None
+
+
+Request = Annotated[ForwardRequest | OpenSession | StepRequest | CloseSession, Field(discriminator="type")]
+Reply = Annotated[Opened | StepResult | Closed | ErrorReply, Field(discriminator="type")]
+_REQUEST = TypeAdapter(Request)
+_REPLY = TypeAdapter(Reply)
+
+
+class NodeInfo(BaseModel):
+    """What ``GET /v1/info`` returns. Everything here is the node's claim, to be checked."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    protocol_version: str
+    software_version: str
+    manifest_hash: Hex32
+    model_name: str
+    shard_index: int
+    num_shards: int
+    layer_start: int
+    layer_end: int
+    address: str
+    wire_dtypes: list[str]
+    max_length: int
+    max_sessions: int
+    free_sessions: int
+    chain_id: int
+    verifying_contract: str
+
+
+def encode_envelope(header: BaseModel, payload: bytes = b"") -> bytes:
+    head = header.model_dump_json().encode()
+    return _ENV.pack(ENVELOPE_MAGIC, len(head)) + head + payload
+
+
+def _split(data: bytes | bytearray | memoryview) -> tuple[Any, memoryview]:
+    buf = memoryview(data)
+    if len(buf) < _ENV.size:
+        raise ProtocolError(ErrorCode.BAD_FRAME, "message truncated: shorter than the envelope header")
+    magic, hlen = _ENV.unpack_from(buf, 0)
+    if magic != ENVELOPE_MAGIC:
+        raise ProtocolError(ErrorCode.BAD_FRAME, "not a veriswarm message (bad envelope magic)")
+    if hlen > MAX_HEADER_BYTES:
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"message header of {hlen} bytes exceeds {MAX_HEADER_BYTES}")
+    if len(buf) < _ENV.size + hlen:
+        raise ProtocolError(ErrorCode.BAD_FRAME, "message truncated inside its JSON header")
+    try:
+        header = json.loads(bytes(buf[_ENV.size:_ENV.size + hlen]))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(ErrorCode.BAD_JSON, f"message header is not valid JSON: {exc}") from None
+    return header, buf[_ENV.size + hlen:]
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err.get("loc", ())) or "message"
+    return f"{where}: {err.get('msg', 'invalid')}"
+
+
+def decode_request(data: bytes | bytearray | memoryview) -> tuple[ForwardRequest | OpenSession | StepRequest | CloseSession, memoryview]:
+    header, payload = _split(data)
+    try:
+        return _REQUEST.validate_python(header), payload
+    except ValidationError as exc:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"invalid request: {_first_error(exc)}") from None
+
+
+def decode_reply(data: bytes | bytearray | memoryview) -> tuple[Opened | StepResult | Closed | ErrorReply, memoryview]:
+    header, payload = _split(data)
+    try:
+        return _REPLY.validate_python(header), payload
+    except ValidationError as exc:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"invalid reply: {_first_error(exc)}") from None
+
+
+def error_reply(exc: ProtocolError, *, session_id: str | None = None, step: int | None = None) -> ErrorReply:
+    return ErrorReply(code=exc.code.value, message=exc.message, session_id=session_id, step=step)
+
+
+def result_reply(receipt: Receipt) -> StepResult:
+    return StepResult(receipt=receipt.to_json())
