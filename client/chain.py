@@ -10,7 +10,7 @@ import torch
 from veriswarm.checks import Expected, check_receipt
 from veriswarm.errors import ProtocolError, ReceiptError
 from veriswarm.frames import DTYPE_NAMES, decode_tensor, encode_tensor
-from veriswarm.receipts import ReceiptDomain, context_seed, hex32
+from veriswarm.receipts import Receipt, ReceiptDomain, context_seed, hex32
 from veriswarm.sinks import HopRecord, ReceiptSink
 
 from .transport import NodeLink
@@ -43,6 +43,33 @@ class ChainSession:
             await hop.link.open(self.manifest_hash, hop.shard_index, self.session_id, max_length)
             hop.context = context_seed(self.manifest_hash, hop.shard_index, self.session_id)
 
+    def _check(self, hop: _Hop, receipt: Receipt, frame: bytes, out_frame: bytes, *, step: int, start: int,
+               t: int, nonce: str, previous: bytes, like: torch.Tensor) -> tuple[bytes, torch.Tensor]:
+        expected = Expected(address=hop.link.peer.address, manifest_hash=self.manifest_hash,
+                            shard_index=hop.shard_index, session_id=self.session_id, step=step,
+                            start_pos=start, num_tokens=t, request_nonce=nonce, previous_context=previous)
+        try:
+            context = check_receipt(receipt, expected, frame, out_frame, self.domain)
+            out = decode_tensor(out_frame, max_bytes=self.max_frame_bytes, dtypes=frozenset({self.wire_dtype}))
+        except (ReceiptError, ProtocolError) as exc:
+            raise ReceiptError(f"{hop.link.peer.url} (shard {hop.shard_index}): {exc}") from None
+        if tuple(out.shape) != tuple(like.shape):
+            raise ReceiptError(f"{hop.link.peer.url}: output shape {list(out.shape)} != input {list(like.shape)}")
+        self.sink.submit(HopRecord(receipt, hop.link.peer.url, hop.link.peer.address, frame, out_frame))
+        return context, out.to(torch.float32)
+
+    async def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Stateless: run a whole sequence [1, T, H] through every shard over HTTP (no sessions)."""
+        x = hidden
+        for hop in self.hops:
+            frame = encode_tensor(x.to(self.wire_dtype))
+            nonce = hex32(os.urandom(32))
+            receipt, out_frame = await hop.link.forward(self.manifest_hash, self.session_id, nonce, frame)
+            seed = context_seed(self.manifest_hash, hop.shard_index, self.session_id)
+            _, x = self._check(hop, receipt, frame, out_frame, step=0, start=0, t=int(x.shape[1]), nonce=nonce,
+                               previous=seed, like=x)
+        return x
+
     async def step(self, hidden: torch.Tensor) -> torch.Tensor:
         """Run [1, T, H] hidden states for the next T positions through every shard."""
         start, t = self.position, int(hidden.shape[1])
@@ -51,19 +78,9 @@ class ChainSession:
             frame = encode_tensor(x.to(self.wire_dtype))
             nonce = hex32(os.urandom(32))
             receipt, out_frame = await hop.link.step(self.session_id, hop.step, start, nonce, frame)
-            expected = Expected(address=hop.link.peer.address, manifest_hash=self.manifest_hash,
-                                shard_index=hop.shard_index, session_id=self.session_id, step=hop.step,
-                                start_pos=start, num_tokens=t, request_nonce=nonce, previous_context=hop.context)
-            try:
-                hop.context = check_receipt(receipt, expected, frame, out_frame, self.domain)
-                out = decode_tensor(out_frame, max_bytes=self.max_frame_bytes, dtypes=frozenset({self.wire_dtype}))
-            except (ReceiptError, ProtocolError) as exc:
-                raise ReceiptError(f"{hop.link.peer.url} (shard {hop.shard_index}): {exc}") from None
-            if tuple(out.shape) != tuple(x.shape):
-                raise ReceiptError(f"{hop.link.peer.url}: output shape {list(out.shape)} != input {list(x.shape)}")
-            self.sink.submit(HopRecord(receipt, hop.link.peer.url, hop.link.peer.address, frame, out_frame))
+            hop.context, x = self._check(hop, receipt, frame, out_frame, step=hop.step, start=start, t=t,
+                                         nonce=nonce, previous=hop.context, like=x)
             hop.step += 1
-            x = out.to(torch.float32)
         self.position = start + t
         return x
 

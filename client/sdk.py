@@ -145,7 +145,8 @@ class AsyncClient:
     # ---- generation ------------------------------------------------------------------------
     async def stream_ids(self, prompt_ids: Sequence[int], *, max_new_tokens: int = 64,
                          params: SamplingParams | None = None, stop: Sequence[str] = (),
-                         return_logits: bool = False, _out: Generation | None = None) -> AsyncIterator[TokenEvent]:
+                         return_logits: bool = False, ignore_eos: bool = False,
+                         _out: Generation | None = None) -> AsyncIterator[TokenEvent]:
         params = params or SamplingParams()
         if not prompt_ids:
             raise ConfigError("the prompt is empty")
@@ -164,7 +165,7 @@ class AsyncClient:
         gen = _out if _out is not None else Generation("", [], len(prompt_ids), "length", [])
         gen.route = [p.url for p in peers]
         gen.records = tee.mine.records
-        eos = self._eos_ids()
+        eos = set() if ignore_eos else self._eos_ids()
         t0 = time.perf_counter()
         try:
             await chain.open(max_length)
@@ -208,13 +209,22 @@ class AsyncClient:
             gen.total_s = time.perf_counter() - t0
             await chain.close()
 
+    async def prefill_logits(self, prompt_ids: Sequence[int]) -> torch.Tensor:
+        """Logits [T, vocab] for every prompt position via stateless forwards (no KV caches)."""
+        peers = await self.route()
+        links = [NodeLink(self._session(), p, self.timeout_s) for p in peers]
+        chain = ChainSession(links, manifest_hash=self.manifest_hash, domain=self.domain, sink=self.sink,
+                             wire_dtype=self.wire_dtype)
+        hidden = await chain.forward(self.head.embed_tokens(torch.tensor([list(prompt_ids)])))
+        return self.head.logits(hidden)[0]
+
     async def generate_ids(self, prompt_ids: Sequence[int], *, max_new_tokens: int = 64,
                            temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
-                           stop: Sequence[str] = (), return_logits: bool = False) -> Generation:
+                           stop: Sequence[str] = (), return_logits: bool = False, ignore_eos: bool = False) -> Generation:
         gen = Generation("", [], len(prompt_ids), "length", [])
         params = SamplingParams(temperature, top_p, top_k, seed)
         async for _ in self.stream_ids(prompt_ids, max_new_tokens=max_new_tokens, params=params, stop=stop,
-                                       return_logits=return_logits, _out=gen):
+                                       return_logits=return_logits, ignore_eos=ignore_eos, _out=gen):
             pass
         return gen
 
@@ -281,6 +291,10 @@ class Client:
 
     def chat(self, messages: Sequence[dict[str, str]], **kwargs: Any) -> Generation:
         result: Generation = self._call(self._async.chat(messages, **kwargs))
+        return result
+
+    def prefill_logits(self, prompt_ids: Sequence[int]) -> torch.Tensor:
+        result: torch.Tensor = self._call(self._async.prefill_logits(prompt_ids))
         return result
 
     def generate_ids(self, prompt_ids: Sequence[int], **kwargs: Any) -> Generation:

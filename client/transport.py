@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from veriswarm.errors import ProtocolError, ReceiptError, RemoteError
 from veriswarm.protocol import (
-    PROTOCOL_VERSION, VERSION_HEADER, CloseSession, ErrorReply, NodeInfo, Opened, OpenSession, StepRequest,
+    PROTOCOL_VERSION, VERSION_HEADER, CloseSession, ErrorReply, ForwardRequest, NodeInfo, Opened, OpenSession, StepRequest,
     StepResult, decode_reply, encode_envelope,
 )
 from veriswarm.receipts import Receipt
@@ -102,6 +102,30 @@ class NodeLink:
         except ReceiptError as exc:
             raise ReceiptError(f"{self.peer.url}: {exc}") from None
         return receipt, bytes(payload)
+
+    async def forward(self, manifest_hash: str, session_id: str, nonce: str, frame: bytes) -> tuple[Receipt, bytes]:
+        """Stateless forward of a whole sequence over HTTP (no session, no KV cache)."""
+        header = ForwardRequest(manifest_hash=manifest_hash, shard_index=self.peer.shard_index,
+                                session_id=session_id, request_nonce=nonce)
+        try:
+            async with self.http.post(f"{self.peer.url}/v1/forward", data=encode_envelope(header, frame),
+                                      headers={VERSION_HEADER: PROTOCOL_VERSION},
+                                      timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
+                body = await resp.read()
+                if resp.status != 200:
+                    raise RemoteError(self.peer.url, str(resp.status), body[:300].decode(errors="replace"))
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise RemoteError(self.peer.url, "transport", f"{type(exc).__name__}: {exc}") from None
+        try:
+            reply, payload = decode_reply(body)
+        except ProtocolError as exc:
+            raise RemoteError(self.peer.url, "bad_reply", str(exc)) from None
+        if not isinstance(reply, StepResult):
+            raise RemoteError(self.peer.url, "bad_reply", "expected a 'result' reply")
+        try:
+            return Receipt.from_json(reply.receipt), bytes(payload)
+        except ReceiptError as exc:
+            raise ReceiptError(f"{self.peer.url}: {exc}") from None
 
     async def close(self, session_id: str | None = None) -> None:
         if self._ws is None or self._ws.closed:

@@ -49,7 +49,10 @@ def write_blob(tensors: dict[str, torch.Tensor], blobs: Path, metadata: dict[str
     fd, tmp = tempfile.mkstemp(dir=blobs, suffix=".tmp")
     os.close(fd)
     try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        # One metadata key holding canonical JSON: safetensors stores its metadata map in hash order,
+        # so several keys would make identical content hash differently from run to run.
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp,
+                  metadata={"veriswarm": json.dumps(metadata, sort_keys=True, separators=(",", ":"))})
         digest = file_sha256(Path(tmp))
         final = blobs / f"sha256-{digest}.safetensors"
         os.replace(tmp, final)
@@ -95,12 +98,12 @@ def write_model_dir(
     total = num_shards + 2
     report = progress or (lambda what, done, of: None)
     report("head", 0, total)
-    head = write_blob(head_tensors(sd, cfg), blobs, {"veriswarm": "head"})
+    head = write_blob(head_tensors(sd, cfg), blobs, {"kind": "head"})
     shards = []
     for i, (start, end) in enumerate(ranges):
         report(f"shard {i} (layers {start}-{end - 1})", i + 1, total)
         art = write_blob(layer_tensors(sd, start, end), blobs,
-                         {"veriswarm": "shard", "index": str(i), "layers": f"{start}:{end}"})
+                         {"kind": "shard", "index": str(i), "layers": f"{start}:{end}"})
         shards.append(ShardSpec(index=i, layer_start=start, layer_end=end, artifact=art))
     report("tokenizer", num_shards + 1, total)
     tok_dir = out / "tokenizer"

@@ -1,0 +1,30 @@
+"""A client never uses an output whose receipt does not check out."""
+
+from __future__ import annotations
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from veriswarm.client import AsyncClient
+from veriswarm.errors import ReceiptError
+from veriswarm.sinks import MemorySink
+
+from .tampering import make_tamper_app
+
+
+@pytest.mark.parametrize("mode,match", [
+    ("flip_output", "output_hash"),
+    ("rehash", "signed by"),
+    ("resign", "signed by"),
+    ("replay", "receipt step is 0, expected 1"),
+])
+async def test_tampered_results_are_rejected(tiny_swarm, tiny_dir, mode: str, match: str) -> None:  # type: ignore[no-untyped-def]
+    honest0, honest1 = tiny_swarm.nodes[0].url, tiny_swarm.nodes[1].url
+    async with TestServer(make_tamper_app(honest1, mode)) as proxy:
+        sink = MemorySink()
+        url = str(proxy.make_url("")).rstrip("/")
+        async with AsyncClient(tiny_dir, [honest0, url], sink=sink) as client:
+            with pytest.raises(ReceiptError, match=match):
+                await client.generate_ids([5, 6, 7], max_new_tokens=4)
+        # Nothing from the lying hop reached the sink.
+        assert all(r.node_url != url or mode == "replay" and r.receipt.step == 0 for r in sink.records)

@@ -1,0 +1,88 @@
+"""Real node processes on loopback, the real client: exact against the monolithic model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from veriswarm.client import Client
+from veriswarm.deploy.local import LocalSwarm
+from veriswarm.receipts import ReceiptDomain
+from veriswarm.sinks import MemorySink
+
+TOL = 1e-4  # max-abs on fp32 logits, split vs monolithic
+
+
+def _reference(model: Any, ids: list[int], steps: int) -> tuple[torch.Tensor, list[torch.Tensor], list[int]]:
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        prefill = model(x).logits[0]
+        out = model.generate(x, max_new_tokens=steps, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True, eos_token_id=None, pad_token_id=0,
+                             min_new_tokens=steps)
+    return prefill, [lg[0] for lg in out.logits], out.sequences[0, len(ids):].tolist()
+
+
+def _check_against(client: Client, model: Any, ids: list[int], steps: int) -> None:
+    prefill, step_logits, ref_tokens = _reference(model, ids, steps)
+    assert (client.prefill_logits(ids) - prefill).abs().max().item() < TOL
+    gen = client.generate_ids(ids, max_new_tokens=steps, return_logits=True, ignore_eos=True)
+    assert len(gen.step_logits) == steps and gen.finish_reason == "length"
+    worst = max((a - b).abs().max().item() for a, b in zip(gen.step_logits, step_logits))
+    assert worst < TOL, f"max-abs logit error {worst}"
+    assert gen.token_ids == ref_tokens
+
+
+def test_tiny_model_two_processes(tiny_swarm: LocalSwarm, tiny_dir: Path, tiny_hf: tuple[Any, Any, Path]) -> None:
+    model, tok, _ = tiny_hf
+    sink = MemorySink()
+    with Client(tiny_dir, tiny_swarm.urls, sink=sink) as client:
+        ids = tok("the quick brown fox jumps").input_ids
+        _check_against(client, model, ids, 16)
+        assert {r.node_address for r in sink.records} == {n.address for n in tiny_swarm.nodes}
+        for r in sink.records:
+            assert r.receipt.signer(ReceiptDomain()) == r.node_address
+
+
+def test_sampling_is_reproducible_with_a_seed(tiny_swarm: LocalSwarm, tiny_dir: Path) -> None:
+    with Client(tiny_dir, tiny_swarm.urls) as client:
+        a = client.generate_ids([3, 4, 5], max_new_tokens=12, temperature=0.9, top_p=0.9, top_k=50, seed=7)
+        b = client.generate_ids([3, 4, 5], max_new_tokens=12, temperature=0.9, top_p=0.9, top_k=50, seed=7)
+        assert a.token_ids == b.token_ids and len(a.token_ids) > 0
+
+
+def test_stream_yields_the_same_text_as_generate(tiny_swarm: LocalSwarm, tiny_dir: Path) -> None:
+    with Client(tiny_dir, tiny_swarm.urls) as client:
+        full = client.generate("the lazy dog", max_new_tokens=10)
+        pieces = list(client.stream("the lazy dog", max_new_tokens=10))
+        assert "".join(pieces) == full.text
+
+
+def test_stop_strings_cut_the_text(tiny_swarm: LocalSwarm, tiny_dir: Path) -> None:
+    with Client(tiny_dir, tiny_swarm.urls) as client:
+        full = client.generate("the lazy dog", max_new_tokens=12)
+        if len(full.text) < 4:
+            pytest.skip("random tiny model produced too little text to cut")
+        stop = full.text[2:4]
+        cut = client.generate("the lazy dog", max_new_tokens=12, stop=[stop])
+        assert cut.finish_reason == "stop" and cut.text == full.text[:full.text.index(stop)]
+        assert "".join(client.stream("the lazy dog", max_new_tokens=12, stop=[stop])) == cut.text
+
+
+@pytest.mark.slow
+def test_smollm2_four_processes_exact(smollm2: tuple[Any, Any, Path], tmp_path: Path) -> None:
+    model, tok, model_dir = smollm2
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    with LocalSwarm(model_dir=model_dir, workdir=tmp_path) as swarm:
+        assert len(swarm.nodes) == 4 and len({n.proc.pid for n in swarm.nodes}) == 4
+        with Client(model_dir, swarm.urls) as client:
+            ids = client._async.encode_chat(messages)
+            # 32 greedy decode steps after the prefill, each compared with transformers' own decode.
+            _check_against(client, model, ids, 33)
+            text = client.chat(messages, max_new_tokens=24).text
+            ref_ids = _reference(model, ids, 24)[2]
+            ref_ids = ref_ids[:ref_ids.index(tok.eos_token_id)] if tok.eos_token_id in ref_ids else ref_ids
+            assert text == tok.decode(ref_ids, skip_special_tokens=True) and "Paris" in text
