@@ -45,7 +45,7 @@ def split_with_progress(model: str | None, shards: int, out: Path) -> str:
     from veriswarm.split.partition import split_model
 
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), transient=False) as bar:
+                  TimeElapsedColumn(), transient=True) as bar:
         task = bar.add_task("splitting", total=shards + 2)
 
         def report(what: str, done: int, total: int) -> None:

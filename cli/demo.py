@@ -8,13 +8,13 @@ from collections import Counter
 from pathlib import Path
 
 import typer
-
 from veriswarm.deploy.local import LocalSwarm
 
 
 def run_swarm(model_dir: Path, *, replicas: int, base_port: int, prompt: str | None, wait: bool, workdir: Path,
               max_new_tokens: int = 64) -> None:
     from veriswarm.client import Client
+
     from veriswarm.sinks import MemorySink
 
     swarm = LocalSwarm(model_dir=model_dir, workdir=workdir, replicas=replicas, base_port=base_port)

@@ -6,7 +6,7 @@ import getpass
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -42,7 +42,7 @@ def _password(confirm: bool = False) -> str:
 def split_cmd(
     model: Annotated[str, typer.Argument(help="'smollm2' (packaged default), a .gguf file, or an HF model directory")] = "smollm2",
     shards: Annotated[int, typer.Option("--shards", "-n", help="number of contiguous layer shards")] = 4,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="output directory")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="output directory")] = None,
 ) -> None:
     """Cut a model into shard artifacts and write the manifest."""
     target = out or default_model_dir(shards)
@@ -66,17 +66,18 @@ def keys_create(
 @node_app.command("start")
 @one_line_errors
 def node_start(
-    shard: Annotated[Optional[int], typer.Option("--shard", help="shard index to serve")] = None,
-    model_dir: Annotated[Optional[Path], typer.Option("--model-dir", help="directory written by `veriswarm split`")] = None,
-    key: Annotated[Optional[Path], typer.Option("--key", help="node keystore file")] = None,
-    host: Annotated[Optional[str], typer.Option("--host")] = None,
-    port: Annotated[Optional[int], typer.Option("--port")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="TOML config file ([node] table)")] = None,
-    max_sessions: Annotated[Optional[int], typer.Option("--max-sessions")] = None,
-    max_length: Annotated[Optional[int], typer.Option("--max-length")] = None,
-    torch_threads: Annotated[Optional[int], typer.Option("--torch-threads")] = None,
-    chain_id: Annotated[Optional[int], typer.Option("--chain-id")] = None,
-    verifying_contract: Annotated[Optional[str], typer.Option("--verifying-contract")] = None,
+    shard: Annotated[int | None, typer.Option("--shard", help="shard index to serve")] = None,
+    model_dir: Annotated[Path | None, typer.Option("--model-dir", help="directory written by `veriswarm split`")] = None,
+    key: Annotated[Path | None, typer.Option("--key", help="node keystore file")] = None,
+    host: Annotated[str | None, typer.Option("--host")] = None,
+    port: Annotated[int | None, typer.Option("--port")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="TOML config file ([node] table)")] = None,
+    max_sessions: Annotated[int | None, typer.Option("--max-sessions")] = None,
+    max_length: Annotated[int | None, typer.Option("--max-length")] = None,
+    torch_threads: Annotated[int | None, typer.Option("--torch-threads")] = None,
+    chain_id: Annotated[int | None, typer.Option("--chain-id")] = None,
+    verifying_contract: Annotated[str | None, typer.Option("--verifying-contract")] = None,
+    manifest_hash: Annotated[str | None, typer.Option("--manifest-hash", help="refuse to start unless the manifest hashes to this")] = None,
 ) -> None:
     """Serve one shard over HTTP + WebSocket until interrupted (flags > VERISWARM_NODE_* env > config file)."""
     from veriswarm.node.config import NodeConfig
@@ -84,7 +85,8 @@ def node_start(
 
     cfg = NodeConfig.resolve(config_file=config, shard=shard, model_dir=model_dir, key_file=key, host=host,
                              port=port, max_sessions=max_sessions, max_length=max_length,
-                             torch_threads=torch_threads, chain_id=chain_id, verifying_contract=verifying_contract)
+                             torch_threads=torch_threads, chain_id=chain_id, verifying_contract=verifying_contract,
+                             manifest_hash=manifest_hash)
     run_node(cfg, _password())
 
 
@@ -92,26 +94,27 @@ def node_start(
 @one_line_errors
 def generate_cmd(
     prompt: Annotated[str, typer.Argument(help="the prompt (sent through the chat template unless --raw)")],
-    peers: Annotated[Optional[str], typer.Option("--peers", help="comma-separated node URLs")] = None,
-    peers_file: Annotated[Optional[Path], typer.Option("--peers-file", help="JSON list of {url, shard, address}")] = None,
-    model_dir: Annotated[Optional[Path], typer.Option("--model-dir")] = None,
+    peers: Annotated[str | None, typer.Option("--peers", help="comma-separated node URLs")] = None,
+    peers_file: Annotated[Path | None, typer.Option("--peers-file", help="JSON list of {url, shard, address}")] = None,
+    model_dir: Annotated[Path | None, typer.Option("--model-dir")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-m")] = 64,
     temperature: Annotated[float, typer.Option("--temperature", "-t")] = 0.0,
     top_p: Annotated[float, typer.Option("--top-p")] = 1.0,
     top_k: Annotated[int, typer.Option("--top-k")] = 0,
-    seed: Annotated[Optional[int], typer.Option("--seed")] = None,
-    stop: Annotated[Optional[list[str]], typer.Option("--stop", help="stop string (repeatable)")] = None,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    stop: Annotated[list[str] | None, typer.Option("--stop", help="stop string (repeatable)")] = None,
     raw: Annotated[bool, typer.Option("--raw", help="no chat template: complete the text as is")] = False,
-    receipts: Annotated[Optional[Path], typer.Option("--receipts", help="append checked receipts to this JSONL file")] = None,
+    receipts: Annotated[Path | None, typer.Option("--receipts", help="append checked receipts to this JSONL file")] = None,
 ) -> None:
     """Generate text through the swarm, streaming to the terminal."""
     from veriswarm.client import Client, StaticRegistry
+
     from veriswarm.errors import ConfigError
     from veriswarm.sinks import JsonlSink
 
     if (peers is None) == (peers_file is None):
         raise ConfigError("give exactly one of --peers URL[,URL...] or --peers-file FILE")
-    registry = StaticRegistry.from_urls(peers) if peers else StaticRegistry.from_file(peers_file)  # type: ignore[arg-type]
+    registry = StaticRegistry.from_urls(peers) if peers is not None else StaticRegistry.from_file(peers_file)
     sink = JsonlSink(receipts) if receipts else None
     with Client(model_dir or default_model_dir(), registry, sink=sink) as client:
         kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
@@ -126,10 +129,10 @@ def generate_cmd(
 @devnet_app.command("up")
 @one_line_errors
 def devnet_up(
-    model_dir: Annotated[Optional[Path], typer.Option("--model-dir", help="default: SmolLM2 split in 4 shards")] = None,
+    model_dir: Annotated[Path | None, typer.Option("--model-dir", help="default: SmolLM2 split in 4 shards")] = None,
     replicas: Annotated[int, typer.Option("--replicas", help="nodes per shard")] = 1,
     base_port: Annotated[int, typer.Option("--base-port", help="first port (0: any free ports)")] = 8700,
-    prompt: Annotated[Optional[str], typer.Option("--prompt", help="answer this prompt once the swarm is up")] = None,
+    prompt: Annotated[str | None, typer.Option("--prompt", help="answer this prompt once the swarm is up")] = None,
     exit_after_prompt: Annotated[bool, typer.Option("--exit-after-prompt", help="stop after answering --prompt")] = False,
 ) -> None:
     """Start one node process per shard on loopback and keep them serving until Ctrl-C."""

@@ -6,19 +6,19 @@ import asyncio
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
 import torch
+from veriswarm.split.artifacts import load_head
 
 from veriswarm.errors import ConfigError, RemoteError
 from veriswarm.manifest import ModelDir
 from veriswarm.receipts import ReceiptDomain
 from veriswarm.sinks import HopRecord, MemorySink, NullSink, ReceiptSink
-from veriswarm.split.artifacts import load_head
 
 from .chain import ChainSession
 from .registry import Registry, StaticRegistry
@@ -134,6 +134,10 @@ class AsyncClient:
     def encode(self, prompt: str) -> list[int]:
         return list(self.tokenizer(prompt).input_ids)
 
+    def _decode(self, ids: Sequence[int]) -> str:
+        text = self.tokenizer.decode(list(ids), skip_special_tokens=True)
+        return text if isinstance(text, str) else "".join(text)
+
     def _eos_ids(self) -> set[int]:
         ids: set[int] = set()
         eos = self.manifest.config.eos_token_id
@@ -184,7 +188,7 @@ class AsyncClient:
                     gen.finish_reason = "stop"
                     break
                 gen.token_ids.append(token)
-                full = self.tokenizer.decode(gen.token_ids, skip_special_tokens=True)
+                full = self._decode(gen.token_ids)
                 hit = _first_stop(full, stop)
                 if hit is not None:
                     delta, text = full[:hit][len(text):], full[:hit]
@@ -200,7 +204,7 @@ class AsyncClient:
                 if i + 1 < max_new_tokens:
                     hidden = self.head.embed_tokens(torch.tensor([[token]]))
             if not stopped:
-                full = self.tokenizer.decode(gen.token_ids, skip_special_tokens=True)
+                full = self._decode(gen.token_ids)
                 if len(full) > len(text) and full.startswith(text):
                     yield TokenEvent(gen.token_ids[-1], full[len(text):])
                 text = full
@@ -238,7 +242,7 @@ class AsyncClient:
 
     async def stream(self, prompt: str | None = None, *, messages: Sequence[dict[str, str]] | None = None,
                      max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
-                     seed: int | None = None, stop: Sequence[str] = ()) -> AsyncIterator[str]:
+                     seed: int | None = None, stop: Sequence[str] = ()) -> AsyncGenerator[str, None]:
         """Yield text pieces as tokens arrive, for a prompt or a chat."""
         if (prompt is None) == (messages is None):
             raise ConfigError("give exactly one of prompt or messages")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 import aiohttp
@@ -10,8 +9,18 @@ from pydantic import ValidationError
 
 from veriswarm.errors import ProtocolError, ReceiptError, RemoteError
 from veriswarm.protocol import (
-    PROTOCOL_VERSION, VERSION_HEADER, CloseSession, ErrorReply, ForwardRequest, NodeInfo, Opened, OpenSession, StepRequest,
-    StepResult, decode_reply, encode_envelope,
+    PROTOCOL_VERSION,
+    VERSION_HEADER,
+    CloseSession,
+    ErrorReply,
+    ForwardRequest,
+    NodeInfo,
+    Opened,
+    OpenSession,
+    StepRequest,
+    StepResult,
+    decode_reply,
+    encode_envelope,
 )
 from veriswarm.receipts import Receipt
 
@@ -32,7 +41,7 @@ async def fetch_info(http: aiohttp.ClientSession, url: str, timeout: float) -> N
             if resp.status != 200:
                 raise RemoteError(url, "info", f"GET /v1/info answered {resp.status}")
             return NodeInfo.model_validate(await resp.json())
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         raise RemoteError(url, "unreachable", f"{type(exc).__name__}: {exc}") from None
     except (ValidationError, ValueError) as exc:
         raise RemoteError(url, "bad_info", f"malformed /v1/info: {exc}") from None
@@ -63,7 +72,7 @@ class NodeLink:
         try:
             self._ws = await self.http.ws_connect(url, headers={VERSION_HEADER: PROTOCOL_VERSION},
                                                   max_msg_size=0, timeout=aiohttp.ClientWSTimeout(ws_close=5.0))
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise RemoteError(self.peer.url, "unreachable", f"{type(exc).__name__}: {exc}") from None
 
     async def _exchange(self, message: bytes) -> tuple[object, memoryview]:
@@ -72,7 +81,7 @@ class NodeLink:
         try:
             await self._ws.send_bytes(message)
             msg = await self._ws.receive(timeout=self.timeout)
-        except (aiohttp.ClientError, ConnectionError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
             raise RemoteError(self.peer.url, "transport", f"{type(exc).__name__}: {exc}") from None
         if msg.type != aiohttp.WSMsgType.BINARY:
             raise RemoteError(self.peer.url, "closed", f"node closed the session ({msg.type.name} {msg.data!r})")
@@ -114,7 +123,7 @@ class NodeLink:
                 body = await resp.read()
                 if resp.status != 200:
                     raise RemoteError(self.peer.url, str(resp.status), body[:300].decode(errors="replace"))
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise RemoteError(self.peer.url, "transport", f"{type(exc).__name__}: {exc}") from None
         try:
             reply, payload = decode_reply(body)

@@ -63,9 +63,19 @@ class LocalSwarm:
         env["VERISWARM_KEY_PASSWORD"] = DEVNET_PASSWORD
         env.setdefault("HF_HUB_OFFLINE", "1")
         env["PYTHONUNBUFFERED"] = "1"
+        env["VERISWARM_PARENT_PID"] = str(os.getpid())  # nodes exit if this process dies
         return env
 
     def start(self, timeout_s: float = 180.0) -> list[NodeProcess]:
+        try:
+            self._spawn()
+            self.wait_ready(timeout_s)
+        except BaseException:
+            self.stop()  # never leave half a swarm running
+            raise
+        return self.nodes
+
+    def _spawn(self) -> None:
         manifest = ModelDir.open(self.model_dir).manifest
         keys = self.workdir / "keys"
         logs = self.workdir / "logs"
@@ -87,8 +97,6 @@ class LocalSwarm:
                                             start_new_session=True)
                 self.nodes.append(NodeProcess(shard, f"http://{self.host}:{port}", port, key, log, proc,
                                               keystore_address(key) or ""))
-        self.wait_ready(timeout_s)
-        return self.nodes
 
     def wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -96,7 +104,6 @@ class LocalSwarm:
         while pending:
             for node in list(pending):
                 if not node.alive():
-                    self.stop()
                     raise ConfigError(f"node for shard {node.shard} exited during start-up:\n{node.log_tail()}")
                 try:
                     with urllib.request.urlopen(f"{node.url}/health", timeout=1) as resp:
@@ -105,7 +112,6 @@ class LocalSwarm:
                 except OSError:
                     pass
             if pending and time.monotonic() > deadline:
-                self.stop()
                 raise ConfigError(f"nodes did not become ready within {timeout_s:.0f}s: "
                                   f"{[n.url for n in pending]}")
             if pending:

@@ -17,18 +17,30 @@ from dataclasses import dataclass, field
 
 import torch
 from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from veriswarm.split.modeling import ShardModel
 
 from veriswarm import __version__
 from veriswarm.errors import HTTP_STATUS, ErrorCode, ProtocolError
 from veriswarm.frames import DTYPE_NAMES, decode_tensor, encode_tensor, sha256
 from veriswarm.manifest import Manifest, ShardSpec
 from veriswarm.protocol import (
-    PROTOCOL_VERSION, VERSION_HEADER, CloseSession, Closed, ForwardRequest, NodeInfo, Opened,
-    OpenSession, StepRequest, decode_request, encode_envelope, error_reply, result_reply,
+    PROTOCOL_VERSION,
+    VERSION_HEADER,
+    Closed,
+    CloseSession,
+    ForwardRequest,
+    NodeInfo,
+    Opened,
+    OpenSession,
+    StepRequest,
+    decode_request,
+    encode_envelope,
+    error_reply,
+    result_reply,
 )
 from veriswarm.receipts import Receipt, ReceiptDomain, address_of, context_seed, hex32, next_context, now_ms
-from veriswarm.split.modeling import ShardModel
 
 from .config import NodeConfig
 from .metrics import NodeMetrics
@@ -70,7 +82,7 @@ def _error_response(code: ErrorCode, message: str) -> web.Response:
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     state = request.app[STATE]
     try:
         if request.path in _VERSIONED:

@@ -34,6 +34,8 @@ class NodeConfig:
     chain_id: int = 31337
     verifying_contract: str = "0x" + "00" * 20
     advertise_url: str = ""
+    #: If set, refuse to start unless the model directory's manifest hashes to this (the on-chain commitment).
+    manifest_hash: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -5,27 +5,29 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import signal
 import sys
 
 import torch
 from aiohttp import web
+from veriswarm.split.artifacts import load_shard
 
 from veriswarm.errors import ConfigError
 from veriswarm.keys import load_keystore
 from veriswarm.manifest import ModelDir
 from veriswarm.receipts import address_of
-from veriswarm.split.artifacts import load_shard
 
 from .app import make_app
 from .config import NodeConfig
 
 log = logging.getLogger("veriswarm.node")
 READY_PREFIX = "veriswarm node ready"
+PARENT_ENV = "VERISWARM_PARENT_PID"
 
 
 def build_app(config: NodeConfig, password: str) -> web.Application:
-    model_dir = ModelDir.open(config.model_dir)
+    model_dir = ModelDir.open(config.model_dir, expect_hash=config.manifest_hash or None)
     model_dir.manifest.shard(config.shard)  # unknown index → one clear error before any loading
     private_key = load_keystore(config.key_file, password)
     if config.torch_threads > 0:
@@ -49,11 +51,31 @@ async def _serve(app: web.Application, config: NodeConfig, address: str, manifes
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    watcher = asyncio.create_task(_watch_parent(stop))
     print(f"{READY_PREFIX}: shard {config.shard} at {config.url} address {address} manifest {manifest_hash}",
           flush=True)
     await stop.wait()
+    watcher.cancel()
     log.info("shutting down")
     await runner.cleanup()
+
+
+async def _watch_parent(stop: asyncio.Event) -> None:
+    """Stop when the process that launched us (a local swarm, a test run) is gone, so none is orphaned."""
+    raw = os.environ.get(PARENT_ENV)
+    if not raw:
+        return
+    pid = int(raw)
+    while not stop.is_set():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            log.warning("parent process %d is gone; shutting down", pid)
+            stop.set()
+            return
+        except PermissionError:
+            pass
+        await asyncio.sleep(1.0)
 
 
 def run_node(config: NodeConfig, password: str) -> None:

@@ -6,8 +6,9 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-from veriswarm.errors import ErrorCode, ProtocolError
 from veriswarm.split.kvcache import KVCache
+
+from veriswarm.errors import ErrorCode, ProtocolError
 
 
 @dataclass

@@ -10,10 +10,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from veriswarm.deploy.local import LocalSwarm  # noqa: E402
-from veriswarm.split.partition import split_model, write_model_dir  # noqa: E402
+from veriswarm.deploy.local import LocalSwarm
+from veriswarm.split.partition import split_model, write_model_dir
 
-from .tiny import save_tiny  # noqa: E402
+from .tiny import save_tiny
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,12 @@ import pytest
 
 from veriswarm.errors import ErrorCode, ProtocolError
 from veriswarm.protocol import (
-    MAX_HEADER_BYTES, OpenSession, StepRequest, decode_reply, decode_request, encode_envelope,
+    MAX_HEADER_BYTES,
+    OpenSession,
+    StepRequest,
+    decode_reply,
+    decode_request,
+    encode_envelope,
 )
 
 H = "0x" + "ab" * 32

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 import torch
-
 from veriswarm.client import Client
 from veriswarm.deploy.local import LocalSwarm
+
 from veriswarm.receipts import ReceiptDomain
 from veriswarm.sinks import MemorySink
 
@@ -31,7 +31,7 @@ def _check_against(client: Client, model: Any, ids: list[int], steps: int) -> No
     assert (client.prefill_logits(ids) - prefill).abs().max().item() < TOL
     gen = client.generate_ids(ids, max_new_tokens=steps, return_logits=True, ignore_eos=True)
     assert len(gen.step_logits) == steps and gen.finish_reason == "length"
-    worst = max((a - b).abs().max().item() for a, b in zip(gen.step_logits, step_logits))
+    worst = max((a - b).abs().max().item() for a, b in zip(gen.step_logits, step_logits, strict=True))
     assert worst < TOL, f"max-abs logit error {worst}"
     assert gen.token_ids == ref_tokens
 

@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from veriswarm.errors import ConfigError
 from veriswarm.split.modeling import HeadModel, ShardModel
 from veriswarm.split.partition import _strip_prefix, head_tensors, layer_tensors, plan_layers
 from veriswarm.split.sources import config_from_hf
+
+from veriswarm.errors import ConfigError
 
 from ..tiny import tiny_hf_model
 
@@ -46,11 +46,11 @@ def test_split_prefill_and_cached_decode_match_transformers(kind: str, extra: di
     # Decode through KV caches (prefill 12, then 8 single steps) equals recomputing the full prefix.
     caches = [s.new_cache(32) for s in shards]
     h = head.embed_tokens(ids[:, :12])
-    for s, c in zip(shards, caches):
+    for s, c in zip(shards, caches, strict=True):
         h = s(h, 0, c)
     for pos in range(12, 20):
         h = head.embed_tokens(ids[:, pos:pos + 1])
-        for s, c in zip(shards, caches):
+        for s, c in zip(shards, caches, strict=True):
             h = s(h, pos, c)
         assert (head.logits(h)[:, -1] - ref[:, pos]).abs().max().item() < TOL
 

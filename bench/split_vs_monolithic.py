@@ -1,0 +1,85 @@
+"""Split (4 node processes on loopback) vs monolithic greedy decode of SmolLM2, measured side by side.
+
+Prints a human-readable table and, last, one JSON line:
+    {"split_tok_s", "mono_tok_s", "ratio", "ttft_s", ...}
+tok/s = generated tokens / wall time of the whole generation (prefill included), median of the runs,
+the two paths interleaved so that drift on the machine hits both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch
+from veriswarm.client import Client
+from veriswarm.deploy.local import LocalSwarm
+from veriswarm.split.partition import write_model_dir
+from veriswarm.split.sources import config_from_hf, load_hf, resolve_source
+
+PROMPT = [{"role": "user", "content": "Write a short story about a lighthouse keeper who finds a message in a bottle."}]
+
+
+def mono_run(model, ids: list[int], n: int) -> tuple[float, float]:
+    x = torch.tensor([ids])
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        first = time.perf_counter()
+        out = model.generate(x, max_new_tokens=1, min_new_tokens=1, do_sample=False, pad_token_id=0)
+        ttft = time.perf_counter() - first
+        t0 = time.perf_counter()
+        out = model.generate(x, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+        total = time.perf_counter() - t0
+    assert out.shape[1] - len(ids) == n
+    return total, ttft
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--shards", type=int, default=4)
+    args = ap.parse_args()
+
+    source = resolve_source(None)
+    model, tok = load_hf(source)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(tmp) / "model"
+        write_model_dir(out=model_dir, name=source.name, cfg=config_from_hf(model.config),
+                        state_dict=model.state_dict(), tokenizer=tok, num_shards=args.shards, source=source.describe())
+        with LocalSwarm(model_dir=model_dir, workdir=Path(tmp) / "swarm") as swarm, \
+                Client(model_dir, swarm.urls) as client:
+            ids = client._async.encode_chat(PROMPT)
+            # Warm both paths (allocations, first-call overheads) before measuring.
+            client.generate_ids(ids, max_new_tokens=4, ignore_eos=True)
+            mono_run(model, ids, 4)
+            split_tok_s, mono_tok_s, split_ttft, mono_ttft = [], [], [], []
+            for _ in range(args.runs):
+                g = client.generate_ids(ids, max_new_tokens=args.tokens, ignore_eos=True)
+                assert len(g.token_ids) == args.tokens
+                split_tok_s.append(args.tokens / g.total_s)
+                split_ttft.append(g.ttft_s)
+                total, ttft = mono_run(model, ids, args.tokens)
+                mono_tok_s.append(args.tokens / total)
+                mono_ttft.append(ttft)
+    s, m = statistics.median(split_tok_s), statistics.median(mono_tok_s)
+    print(f"prompt tokens {len(ids)}, generated {args.tokens}, shards {args.shards}, runs {args.runs}, "
+          f"torch threads {torch.get_num_threads()}, cores {os.cpu_count()}")
+    print(f"split      {s:7.2f} tok/s   ttft {statistics.median(split_ttft) * 1000:7.1f} ms   runs {[round(v, 1) for v in split_tok_s]}")
+    print(f"monolithic {m:7.2f} tok/s   ttft {statistics.median(mono_ttft) * 1000:7.1f} ms   runs {[round(v, 1) for v in mono_tok_s]}")
+    print(json.dumps({"split_tok_s": round(s, 3), "mono_tok_s": round(m, 3), "ratio": round(s / m, 4),
+                      "ttft_s": round(statistics.median(split_ttft), 4),
+                      "mono_ttft_s": round(statistics.median(mono_ttft), 4), "tokens": args.tokens,
+                      "shards": args.shards, "runs": args.runs}))
+
+
+if __name__ == "__main__":
+    main()

