@@ -94,3 +94,16 @@ def test_generate_errors(tiny_dir: Path, tmp_path: Path) -> None:
                     "no reachable node serves shard")
     _one_line_error(run("generate", "hi", "--model-dir", str(tiny_dir), "--peers-file", str(tmp_path / "p.json")),
                     "not found")
+
+
+def test_devnet_up_answers_a_prompt_and_stops(tiny_dir: Path, tmp_path: Path) -> None:
+    result = run("devnet", "up", "--model-dir", str(tiny_dir), "--base-port", "0", "--prompt", "the fox",
+                 "--exit-after-prompt", env={"VERISWARM_HOME": str(tmp_path)})
+    assert result.exit_code == 0, result.output
+    assert "hop receipts checked" in result.output and "stopping nodes" in result.output
+    # Two shards, one node each: each node signed receipts, and the counts add up to the total checked.
+    import re
+
+    per_node = re.findall(r"^  (0x[0-9a-fA-F]{40}): (\d+) receipts$", result.output, re.M)
+    total = int(re.search(r"^(\d+) hop receipts checked", result.output, re.M).group(1))  # type: ignore[union-attr]
+    assert len({a for a, _ in per_node}) == 2 and sum(int(n) for _, n in per_node) == total > 0
