@@ -15,15 +15,16 @@ import aiohttp
 import torch
 from veriswarm.split.artifacts import load_head
 
-from veriswarm.errors import ConfigError, RemoteError
+from veriswarm.errors import ConfigError
 from veriswarm.manifest import ModelDir
 from veriswarm.receipts import ReceiptDomain
 from veriswarm.sinks import HopRecord, MemorySink, NullSink, ReceiptSink
 
-from .chain import ChainSession
+from .chain import ChainSession, Failover
 from .registry import Registry, StaticRegistry
+from .routing import Router
 from .sampling import SamplingParams, sample
-from .transport import NodeLink, ResolvedPeer, resolve_peer
+from .transport import ResolvedPeer
 
 T = TypeVar("T")
 
@@ -44,6 +45,7 @@ class Generation:
     route: list[str]  # node URLs, shard order
     records: list[HopRecord] = field(default_factory=list)
     step_logits: list[torch.Tensor] = field(default_factory=list)
+    failovers: list[Failover] = field(default_factory=list)
     ttft_s: float = 0.0
     total_s: float = 0.0
 
@@ -62,7 +64,7 @@ class _Tee:
 class AsyncClient:
     def __init__(self, model_dir: str | Path, registry: Registry | str | list[str], *,
                  sink: ReceiptSink | None = None, domain: ReceiptDomain | None = None,
-                 wire_dtype: str = "float32", timeout_s: float = 60.0) -> None:
+                 wire_dtype: str = "float32", timeout_s: float = 30.0) -> None:
         self.model_dir = ModelDir.open(model_dir)
         self.manifest = self.model_dir.manifest
         self.registry = registry if not isinstance(registry, (str, list)) else StaticRegistry.from_urls(registry)
@@ -75,6 +77,8 @@ class AsyncClient:
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir.tokenizer_dir()))
+        self.router = Router(self.registry, manifest_hash=self.manifest.hash, num_shards=len(self.manifest.shards),
+                             domain=self.domain, timeout_s=timeout_s)
         self._http: aiohttp.ClientSession | None = None
 
     @property
@@ -99,30 +103,12 @@ class AsyncClient:
 
     # ---- routing -------------------------------------------------------------------------
     async def route(self) -> list[ResolvedPeer]:
-        """One live node per shard, in shard order, each checked against the manifest and domain."""
-        http = self._session()
-        candidates = await self.registry.peers(self.manifest_hash)
-        chosen: dict[int, ResolvedPeer] = {}
-        problems: list[str] = []
-        for peer in candidates:
-            if peer.shard_index is not None and peer.shard_index in chosen:
-                continue
-            try:
-                resolved = await resolve_peer(http, peer, self.manifest_hash, self.timeout_s)
-            except RemoteError as exc:
-                problems.append(str(exc))
-                continue
-            if (resolved.info.chain_id, resolved.info.verifying_contract.lower()) != (
-                    self.domain.chain_id, self.domain.verifying_contract.lower()):
-                problems.append(f"{peer.url}: signs receipts for chain {resolved.info.chain_id} / "
-                                f"{resolved.info.verifying_contract}, not this client's domain")
-                continue
-            chosen.setdefault(resolved.shard_index, resolved)
-        missing = [i for i in range(len(self.manifest.shards)) if i not in chosen]
-        if missing:
-            detail = f" ({'; '.join(problems)})" if problems else ""
-            raise RemoteError("registry", "no_route", f"no reachable node serves shard(s) {missing}{detail}")
-        return [chosen[i] for i in range(len(self.manifest.shards))]
+        """The replica each shard would use now (best first), checked against the manifest and domain."""
+        return [c[0] for c in await self.router.plan(self._session())]
+
+    def _chain(self, plan: list[list[ResolvedPeer]], sink: ReceiptSink) -> ChainSession:
+        return ChainSession(self._session(), plan, manifest_hash=self.manifest_hash, domain=self.domain, sink=sink,
+                            router=self.router, timeout_s=self.timeout_s, wire_dtype=self.wire_dtype)
 
     # ---- prompts ---------------------------------------------------------------------------
     def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
@@ -161,14 +147,11 @@ class AsyncClient:
             raise ConfigError(f"prompt + max_new_tokens = {max_length} exceeds the model's context of "
                               f"{self.manifest.config.max_position_embeddings}")
         generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
-        peers = await self.route()
-        links = [NodeLink(self._session(), p, self.timeout_s) for p in peers]
         tee = _Tee(self.sink)
-        chain = ChainSession(links, manifest_hash=self.manifest_hash, domain=self.domain, sink=tee,
-                             wire_dtype=self.wire_dtype)
+        chain = self._chain(await self.router.plan(self._session()), tee)
         gen = _out if _out is not None else Generation("", [], len(prompt_ids), "length", [])
-        gen.route = [p.url for p in peers]
         gen.records = tee.mine.records
+        gen.failovers = chain.failovers
         eos = set() if ignore_eos else self._eos_ids()
         t0 = time.perf_counter()
         try:
@@ -178,6 +161,7 @@ class AsyncClient:
             stopped = False
             for i in range(max_new_tokens):
                 out = await chain.step(hidden)
+                gen.route = chain.route
                 logits = self.head.logits(out[:, -1:])[0, -1]
                 if return_logits:
                     gen.step_logits.append(logits.clone())
@@ -211,14 +195,12 @@ class AsyncClient:
             gen.text = text
         finally:
             gen.total_s = time.perf_counter() - t0
+            gen.route = chain.route
             await chain.close()
 
     async def prefill_logits(self, prompt_ids: Sequence[int]) -> torch.Tensor:
         """Logits [T, vocab] for every prompt position via stateless forwards (no KV caches)."""
-        peers = await self.route()
-        links = [NodeLink(self._session(), p, self.timeout_s) for p in peers]
-        chain = ChainSession(links, manifest_hash=self.manifest_hash, domain=self.domain, sink=self.sink,
-                             wire_dtype=self.wire_dtype)
+        chain = self._chain(await self.router.plan(self._session()), self.sink)
         hidden = await chain.forward(self.head.embed_tokens(torch.tensor([list(prompt_ids)])))
         return self.head.logits(hidden)[0]
 

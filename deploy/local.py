@@ -89,14 +89,34 @@ class LocalSwarm:
                 port = self.base_port + n if self.base_port else free_port(self.host)
                 n += 1
                 log = logs / f"node-{shard}-{r}.log"
-                cmd = [sys.executable, "-m", "veriswarm.cli", "node", "start", "--shard", str(shard),
-                       "--model-dir", str(self.model_dir), "--key", str(key), "--host", self.host,
-                       "--port", str(port), "--torch-threads", str(self.torch_threads), *self.extra_args]
-                with log.open("wb") as fh:
-                    proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=self._python_env(),
-                                            start_new_session=True)
+                proc = self._popen(shard, port, key, log)
                 self.nodes.append(NodeProcess(shard, f"http://{self.host}:{port}", port, key, log, proc,
                                               keystore_address(key) or ""))
+
+    def _popen(self, shard: int, port: int, key: Path, log: Path) -> subprocess.Popen[bytes]:
+        cmd = [sys.executable, "-m", "veriswarm.cli", "node", "start", "--shard", str(shard),
+               "--model-dir", str(self.model_dir), "--key", str(key), "--host", self.host,
+               "--port", str(port), "--torch-threads", str(self.torch_threads), *self.extra_args]
+        with log.open("ab") as fh:
+            return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=self._python_env(),
+                                    start_new_session=True)
+
+    def respawn(self, node: NodeProcess, timeout_s: float = 120.0) -> None:
+        """Start a stopped node again on the same port with the same key (after a kill in a test)."""
+        if node.alive():
+            return
+        node.proc = self._popen(node.shard, node.port, node.key_file, node.log_file)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not node.alive():
+                raise ConfigError(f"node for shard {node.shard} exited during restart:\n{node.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{node.url}/health", timeout=1) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise ConfigError(f"node {node.url} did not come back within {timeout_s:.0f}s")
 
     def wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

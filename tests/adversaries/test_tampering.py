@@ -6,7 +6,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 from veriswarm.client import AsyncClient
 
-from veriswarm.errors import ReceiptError
+from veriswarm.errors import RemoteError
 from veriswarm.sinks import MemorySink
 
 from .tampering import make_tamper_app
@@ -24,7 +24,9 @@ async def test_tampered_results_are_rejected(tiny_swarm, tiny_dir, mode: str, ma
         sink = MemorySink()
         url = str(proxy.make_url("")).rstrip("/")
         async with AsyncClient(tiny_dir, [honest0, url], sink=sink) as client:
-            with pytest.raises(ReceiptError, match=match):
+            # The only replica of shard 1 lies: it is banned and the generation ends with one clear error.
+            with pytest.raises(RemoteError, match=f"no live replica left for shard 1.*{match}"):
                 await client.generate_ids([5, 6, 7], max_new_tokens=4)
+            assert client.router.stats.bans == 1
         # Nothing from the lying hop reached the sink.
         assert all(r.node_url != url or mode == "replay" and r.receipt.step == 0 for r in sink.records)
