@@ -10,9 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from veriswarm.client import AsyncClient
+from veriswarm.client.sdk import Generation
 from veriswarm.deploy.local import LocalSwarm
+
 from veriswarm.errors import RemoteError
 
 KILLS = int(os.environ.get("VERISWARM_FAILOVER_KILLS", "10"))
@@ -47,8 +48,6 @@ async def test_random_kills_mid_generation_keep_the_text_identical(replicated: L
         for trial in range(KILLS):
             kill_at = rng.randrange(0, TOKENS - 1)
             shard = rng.randrange(4)
-            from veriswarm.client.sdk import Generation
-
             gen = Generation("", [], len(PROMPT), "length", [])
             victim = None
             n = 0
