@@ -56,6 +56,8 @@ class LocalSwarm:
     base_port: int = 0  # 0: pick free ports
     torch_threads: int = 0
     extra_args: list[str] = field(default_factory=list)
+    #: per-shard command replacing `python -m veriswarm.cli node start` (e.g. a misbehaving node in attack tests)
+    commands: dict[int, list[str]] = field(default_factory=dict)
     nodes: list[NodeProcess] = field(default_factory=list)
 
     def _python_env(self) -> dict[str, str]:
@@ -94,7 +96,8 @@ class LocalSwarm:
                                               keystore_address(key) or ""))
 
     def _popen(self, shard: int, port: int, key: Path, log: Path) -> subprocess.Popen[bytes]:
-        cmd = [sys.executable, "-m", "veriswarm.cli", "node", "start", "--shard", str(shard),
+        prefix = self.commands.get(shard, [sys.executable, "-m", "veriswarm.cli", "node", "start"])
+        cmd = [*prefix, "--shard", str(shard),
                "--model-dir", str(self.model_dir), "--key", str(key), "--host", self.host,
                "--port", str(port), "--torch-threads", str(self.torch_threads), *self.extra_args]
         with log.open("ab") as fh:

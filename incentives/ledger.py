@@ -154,6 +154,51 @@ class Ledger:
                     node.status, node.excluded_reason = "excluded", f"reputation {node.reputation:.3f} below floor"
             return _state(node)
 
+    def record_audit(self, receipt_ids: list[str], verifier: str, outcome: str, detail: str = "") -> NodeState:
+        """One audit covering several receipts of one node (a re-executed session): each receipt gets the
+        outcome, and the node's reputation moves once (an audit is one observation, not one per step).
+        For a fault, list the receipts found faulty."""
+        if outcome not in OUTCOMES:
+            raise LedgerError(f"outcome must be one of {OUTCOMES}, got {outcome!r}")
+        if not receipt_ids:
+            raise LedgerError("an audit covers at least one receipt")
+        with self._sessions.begin() as s:
+            rows = [s.get(ReceiptRow, rid) for rid in receipt_ids]
+            if any(r is None for r in rows):
+                raise LedgerError("audit names an unknown receipt")
+            nodes = {r.node_address for r in rows if r is not None}
+            if len(nodes) != 1:
+                raise LedgerError("an audit covers receipts of exactly one node")
+            for rid in receipt_ids:
+                s.add(VerificationRow(receipt_id=rid, verifier=verifier, outcome=outcome, detail=detail[:500]))
+            try:
+                s.flush()
+            except IntegrityError:
+                raise LedgerError(f"verifier {verifier} already audited one of these receipts") from None
+            for row in rows:
+                assert row is not None
+                if outcome == "fault":
+                    row.status = "failed"
+                elif outcome == "pass" and row.status == "unaudited":
+                    row.status = "verified"
+            node = s.get(NodeRow, nodes.pop(), with_for_update=True)
+            assert node is not None
+            passed = outcome == "pass"
+            node.audits_passed += int(passed)
+            node.audits_failed += int(not passed)
+            node.reputation = updated_reputation(node.reputation, passed, self.params)
+            if node.status == "active":
+                if outcome == "fault":
+                    node.status, node.excluded_reason = "excluded", f"proven fault on {receipt_ids[0]}"
+                elif excluded(node.reputation, self.params):
+                    node.status, node.excluded_reason = "excluded", f"reputation {node.reputation:.3f} below floor"
+            return _state(node)
+
+    def reputation(self, address: str) -> float:
+        with self._sessions() as s:
+            row = s.get(NodeRow, address)
+            return row.reputation if row is not None else self.params.initial_reputation
+
     def node(self, address: str) -> NodeState:
         with self._sessions() as s:
             row = s.get(NodeRow, address)

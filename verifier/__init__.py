@@ -1,1 +1,1 @@
-"""veriswarm.verifier."""
+"""veriswarm.verifier: sampled audits of shard outputs by re-execution, verdicts, evidence."""

@@ -92,6 +92,16 @@ class ErrorReply(_Msg):
     step: int | None = None
 
 
+class HopSubmission(_Msg):
+    """A checked hop sent to a verifier: payload = input frame ‖ output frame (split at input_bytes)."""
+
+    type: Literal["hop"] = "hop"
+    receipt: dict[str, Any]
+    node_url: Annotated[str, Field(max_length=512)]
+    node_address: Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{40}$")]
+    input_bytes: Annotated[int, Field(ge=0)]
+
+
 Request = Annotated[ForwardRequest | OpenSession | StepRequest | CloseSession, Field(discriminator="type")]
 Reply = Annotated[Opened | StepResult | Closed | ErrorReply, Field(discriminator="type")]
 _REQUEST = TypeAdapter(Request)
@@ -163,6 +173,21 @@ def decode_reply(data: bytes | bytearray | memoryview) -> tuple[Opened | StepRes
         return _REPLY.validate_python(header), payload
     except ValidationError as exc:
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"invalid reply: {_first_error(exc)}") from None
+
+
+_SUBMISSION = TypeAdapter(HopSubmission)
+
+
+def decode_submission(data: bytes | bytearray | memoryview) -> tuple[HopSubmission, bytes, bytes]:
+    """Split a hop submission into (header, input frame, output frame); validates the header only."""
+    header, payload = _split(data)
+    try:
+        sub = _SUBMISSION.validate_python(header)
+    except ValidationError as exc:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"invalid hop submission: {_first_error(exc)}") from None
+    if sub.input_bytes > len(payload):
+        raise ProtocolError(ErrorCode.BAD_FRAME, "hop submission shorter than its declared input frame")
+    return sub, bytes(payload[:sub.input_bytes]), bytes(payload[sub.input_bytes:])
 
 
 def error_reply(exc: ProtocolError, *, session_id: str | None = None, step: int | None = None) -> ErrorReply:

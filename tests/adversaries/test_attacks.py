@@ -1,0 +1,60 @@
+"""Misbehaving nodes (real processes) behind an honest first shard: clients accept their well-signed
+but wrong outputs; the verifier's re-execution catches every one, and never flags the honest node."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from veriswarm.client import Client
+from veriswarm.deploy.local import LocalSwarm
+from veriswarm.incentives.ledger import Ledger
+from veriswarm.verifier.core import Verifier, VerifierConfig
+
+from veriswarm.manifest import ModelDir
+from veriswarm.sinks import MemorySink
+
+EVIL = [sys.executable, "-m", "tests.adversaries.evil_node"]
+ATTACKS = {
+    "noise_large": ["--mode", "noise", "--scale", "1e-1"],
+    "noise_small": ["--mode", "noise", "--scale", "1e-3"],  # ~10x the fp32 tolerance: a subtle cheat
+    "wrong_weights": ["--mode", "wrong_weights", "--scale", "1e-2"],
+    "skip_layer": ["--mode", "skip_layer"],
+    "kv_corrupt": ["--mode", "kv_corrupt", "--after", "8"],
+    "replay": ["--mode", "replay"],
+}
+
+
+@pytest.fixture(scope="module", params=sorted(ATTACKS))
+def attacked(request: pytest.FixtureRequest, tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory
+             ) -> Iterator[tuple[str, LocalSwarm]]:
+    swarm = LocalSwarm(model_dir=tiny_dir, workdir=tmp_path_factory.mktemp(f"attack-{request.param}"),
+                       torch_threads=1, commands={1: [*EVIL, *ATTACKS[request.param]]})
+    swarm.start()
+    yield request.param, swarm
+    swarm.stop()
+
+
+def test_attack_is_detected_and_honest_node_is_not(attacked: tuple[str, LocalSwarm], tiny_dir: Path,
+                                                  tmp_path: Path) -> None:
+    name, swarm = attacked
+    sink = MemorySink()
+    with Client(tiny_dir, swarm.urls, sink=sink) as client:
+        client.generate_ids([5, 6, 7, 8, 9, 10, 11, 12], max_new_tokens=16, ignore_eos=True)
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    ledger.create_schema()
+    verifier = Verifier(ModelDir.open(tiny_dir), ledger=ledger, config=VerifierConfig(audit_rate=1.0))
+    for record in sink.records:
+        verifier.submit(record)
+    verdicts = {v.shard_index: v for v in verifier.audit_due(force=True)}
+    honest, evil = swarm.nodes[0], swarm.nodes[1]
+    assert verdicts[0].passed, f"honest node flagged: {verdicts[0].summary()}"
+    assert not verdicts[1].passed, f"{name} not detected: {verdicts[1].summary()}"
+    assert ledger.node(evil.address).status == "excluded"
+    assert ledger.node(honest.address).status == "active"
+    assert [s["node_address"] for s in ledger.slashes()] == [evil.address]
+    if name == "kv_corrupt":  # the first steps were honest: the fault is found where the cache went bad
+        first = verdicts[1].first_failure
+        assert first is not None and first.step > 0

@@ -1,0 +1,171 @@
+"""The verifier: receives checked hops, samples sessions unpredictably, re-executes them, and turns the
+outcome into ledger entries (reputation, evidence)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from veriswarm.incentives.ledger import Ledger, ReceiptEntry
+from veriswarm.incentives.mechanism import IncentiveParams, audit_probability
+from veriswarm.split.artifacts import load_shard
+from veriswarm.split.modeling import ShardModel
+
+from veriswarm.errors import ReceiptError, VeriswarmError
+from veriswarm.frames import sha256
+from veriswarm.manifest import ModelDir
+from veriswarm.receipts import ReceiptDomain, hex32
+from veriswarm.sinks import HopRecord
+
+from .reexec import SessionVerdict, reexecute_session
+from .sampling import AuditBeacon
+
+log = logging.getLogger("veriswarm.verifier")
+SessionKey = tuple[str, int, str]  # (session id, shard index, node address)
+
+
+class VerifierError(VeriswarmError):
+    """A submission was refused (malformed, badly signed, replayed, over limits, unknown manifest)."""
+
+
+@dataclass
+class _Pending:
+    records: dict[int, HopRecord] = field(default_factory=dict)  # by step
+    last_seen: float = field(default_factory=time.monotonic)
+    bytes: int = 0
+
+
+@dataclass
+class VerifierConfig:
+    address: str = "verifier"
+    idle_s: float = 5.0  # a session is audited once no hop arrived for this long
+    retention_s: float = 600.0  # sessions older than this are dropped unaudited
+    max_pending_bytes: int = 2 * 1024**3
+    epoch_s: float = 3600.0
+    #: fixed audit probability; None: from the node's reputation (incentives.mechanism)
+    audit_rate: float | None = None
+
+
+class Verifier:
+    def __init__(self, model_dir: ModelDir, *, ledger: Ledger | None = None, domain: ReceiptDomain | None = None,
+                 beacon: AuditBeacon | None = None, params: IncentiveParams | None = None,
+                 config: VerifierConfig | None = None) -> None:
+        self.model_dir = model_dir
+        self.manifest = model_dir.manifest
+        self.ledger = ledger
+        self.domain = domain or ReceiptDomain()
+        self.beacon = beacon or AuditBeacon()
+        self.params = params or (ledger.params if ledger else IncentiveParams())
+        self.config = config or VerifierConfig()
+        self.verdicts: deque[dict[str, object]] = deque(maxlen=1000)
+        self._pending: dict[SessionKey, _Pending] = {}
+        self._seen: set[str] = set()
+        self._shards: dict[int, ShardModel] = {}
+        self._lock = threading.Lock()
+        self.stats = {"received": 0, "audited_sessions": 0, "skipped_sessions": 0, "faults": 0, "dropped": 0}
+
+    def shard(self, index: int) -> ShardModel:
+        if index not in self._shards:
+            self._shards[index] = load_shard(self.model_dir, index)
+        return self._shards[index]
+
+    def pending_bytes(self) -> int:
+        return sum(p.bytes for p in self._pending.values())
+
+    # ---- intake --------------------------------------------------------------------------
+    def submit(self, record: HopRecord) -> None:
+        """Validate a hop and keep it for a possible audit. Raises VerifierError with one line."""
+        r = record.receipt
+        if r.manifest_hash != self.manifest.hash:
+            raise VerifierError(f"receipt is for manifest {r.manifest_hash}, this verifier checks {self.manifest.hash}")
+        if not 0 <= r.shard_index < len(self.manifest.shards):
+            raise VerifierError(f"unknown shard index {r.shard_index}")
+        try:
+            signer = r.signer(self.domain)
+        except ReceiptError as exc:
+            raise VerifierError(str(exc)) from None
+        if signer.lower() != record.node_address.lower():
+            raise VerifierError(f"receipt signed by {signer}, not by the stated node {record.node_address}")
+        if hex32(sha256(record.input_frame)) != r.input_hash or hex32(sha256(record.output_frame)) != r.output_hash:
+            raise VerifierError("frames do not match the receipt's hashes")
+        size = len(record.input_frame) + len(record.output_frame)
+        rid = r.receipt_id()
+        with self._lock:
+            if rid in self._seen:
+                raise VerifierError(f"receipt {rid[:18]}… was already submitted")
+            if self.pending_bytes() + size > self.config.max_pending_bytes:
+                raise VerifierError("verifier is over its retention budget; try later")
+            key = (r.session_id, r.shard_index, signer)
+            pending = self._pending.setdefault(key, _Pending())
+            if r.step in pending.records:
+                raise VerifierError(f"step {r.step} of this session was already submitted with another receipt")
+            pending.records[r.step] = record
+            pending.bytes += size
+            pending.last_seen = time.monotonic()
+            self._seen.add(rid)
+            self.stats["received"] += 1
+        if self.ledger is not None:
+            spec = self.manifest.shard(r.shard_index)
+            self.ledger.record_receipts([ReceiptEntry(r, signer, spec.num_layers, int(time.time() // self.config.epoch_s))])
+
+    # ---- audits --------------------------------------------------------------------------
+    def probability(self, node: str) -> float:
+        if self.config.audit_rate is not None:
+            return self.config.audit_rate
+        rep = self.ledger.reputation(node) if self.ledger else self.params.initial_reputation
+        return audit_probability(rep, self.params)
+
+    def audit_due(self, *, force: bool = False) -> list[SessionVerdict]:
+        """Audit (or skip, by the beacon's draw) every session that went idle; returns the audits run."""
+        now = time.monotonic()
+        with self._lock:
+            ready = [k for k, p in self._pending.items() if force or now - p.last_seen >= self.config.idle_s]
+            batches = [(k, self._pending.pop(k)) for k in ready]
+        out = []
+        for (session_id, shard, node), pending in batches:
+            records = [pending.records[s] for s in sorted(pending.records)]
+            if not self.beacon.selects(session_id, shard, self.probability(node)):
+                self.stats["skipped_sessions"] += 1
+                continue
+            verdict = reexecute_session(self.shard(shard), records, self.domain)
+            self._record(verdict, records)
+            out.append(verdict)
+        return out
+
+    def _record(self, verdict: SessionVerdict, records: list[HopRecord]) -> None:
+        self.stats["audited_sessions"] += 1
+        summary = verdict.summary()
+        entry: dict[str, object] = {"node": verdict.node_address, "shard": verdict.shard_index,
+                                    "session": verdict.session_id, "passed": verdict.passed, "summary": summary,
+                                    "time": time.time()}
+        self.verdicts.append(entry)
+        if verdict.passed:
+            log.info("audit pass: node %s shard %d: %s", verdict.node_address, verdict.shard_index, summary)
+        else:
+            self.stats["faults"] += 1
+            log.warning("audit FAIL: node %s shard %d: %s", verdict.node_address, verdict.shard_index, summary)
+        if self.ledger is None:
+            return
+        ids = [r.receipt.receipt_id() for r in records]
+        if verdict.passed:
+            self.ledger.record_audit(ids, self.config.address, "pass", summary)
+            return
+        bad = [s.receipt_id for s in verdict.steps if not s.passed] or ids[:1]
+        self.ledger.record_audit(bad, self.config.address, "fault", summary)
+        first = next(r for r in records if r.receipt.receipt_id() == bad[0])
+        self.ledger.record_slash(verdict.node_address, bad[0], "verdict",
+                                 {"summary": summary, "receipt": first.receipt.to_json(),
+                                  "session": verdict.session_id, "shard": verdict.shard_index})
+        entry["evidence"] = bad[0]
+
+    def drop_stale(self) -> int:
+        now = time.monotonic()
+        with self._lock:
+            stale = [k for k, p in self._pending.items() if now - p.last_seen > self.config.retention_s]
+            for k in stale:
+                del self._pending[k]
+        self.stats["dropped"] += len(stale)
+        return len(stale)
