@@ -29,7 +29,9 @@ class IncentiveParams:
     ema_alpha: float = 0.05
     initial_reputation: float = 0.5
     exclusion_floor: float = 0.2
-    p_min: float = 0.01  # audit rate for a node with a perfect record
+    # Per-step audit rate for a node with a perfect record: (1 - 0.025)^200 < 1%, so a node that cheats on
+    # every step is caught within 200 steps with 99% probability (docs/verification.md).
+    p_min: float = 0.025
     p_max: float = 0.25  # audit rate for a node at the exclusion floor
     safety: float = 2.0  # multiple of the deterrence bound the audit rate keeps
     payout_delay_epochs: int = 1

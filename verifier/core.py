@@ -127,7 +127,7 @@ class Verifier:
         out = []
         for (session_id, shard, node), pending in batches:
             records = [pending.records[s] for s in sorted(pending.records)]
-            if not self.beacon.selects(session_id, shard, self.probability(node)):
+            if not self.beacon.selected_steps(session_id, shard, len(records), self.probability(node)):
                 self.stats["skipped_sessions"] += 1
                 continue
             verdict = reexecute_session(self.shard(shard), records, self.domain)
