@@ -127,9 +127,13 @@ class Verifier:
         out = []
         for (session_id, shard, node), pending in batches:
             records = [pending.records[s] for s in sorted(pending.records)]
-            if not self.beacon.selected_steps(session_id, shard, len(records), self.probability(node)):
+            selected = self.beacon.selected_steps(session_id, shard, len(records), self.probability(node))
+            if not selected:
                 self.stats["skipped_sessions"] += 1
                 continue
+            # Re-executing the prefix up to the last selected step checks every step in it (each step's
+            # output depends on all earlier inputs): one prefill, and no work past what was drawn.
+            records = records[: max(selected) + 1]
             verdict = reexecute_session(self.shard(shard), records, self.domain)
             self._record(verdict, records)
             out.append(verdict)
