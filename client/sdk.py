@@ -136,7 +136,10 @@ class AsyncClient:
     async def stream_ids(self, prompt_ids: Sequence[int], *, max_new_tokens: int = 64,
                          params: SamplingParams | None = None, stop: Sequence[str] = (),
                          return_logits: bool = False, ignore_eos: bool = False,
-                         _out: Generation | None = None) -> AsyncIterator[TokenEvent]:
+                         into: Generation | None = None) -> AsyncIterator[TokenEvent]:
+        """Yield each generated token as it arrives. ``into`` (optional) is filled as generation goes:
+        token ids, text, route, receipts, failovers, timings; closing the iterator early releases the
+        node sessions."""
         params = params or SamplingParams()
         if not prompt_ids:
             raise ConfigError("the prompt is empty")
@@ -149,7 +152,7 @@ class AsyncClient:
         generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
         tee = _Tee(self.sink)
         chain = self._chain(await self.router.plan(self._session()), tee)
-        gen = _out if _out is not None else Generation("", [], len(prompt_ids), "length", [])
+        gen = into if into is not None else Generation("", [], len(prompt_ids), "length", [])
         gen.records = tee.mine.records
         gen.failovers = chain.failovers
         eos = set() if ignore_eos else self._eos_ids()
@@ -210,7 +213,7 @@ class AsyncClient:
         gen = Generation("", [], len(prompt_ids), "length", [])
         params = SamplingParams(temperature, top_p, top_k, seed)
         async for _ in self.stream_ids(prompt_ids, max_new_tokens=max_new_tokens, params=params, stop=stop,
-                                       return_logits=return_logits, ignore_eos=ignore_eos, _out=gen):
+                                       return_logits=return_logits, ignore_eos=ignore_eos, into=gen):
             pass
         return gen
 

@@ -51,7 +51,7 @@ async def test_random_kills_mid_generation_keep_the_text_identical(replicated: L
             gen = Generation("", [], len(PROMPT), "length", [])
             victim = None
             n = 0
-            async for _ in client.stream_ids(PROMPT, max_new_tokens=TOKENS, ignore_eos=True, _out=gen):
+            async for _ in client.stream_ids(PROMPT, max_new_tokens=TOKENS, ignore_eos=True, into=gen):
                 if n == kill_at:
                     url = gen.route[shard]
                     victim = next(node for node in replicated.nodes if node.url == url)

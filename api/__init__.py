@@ -1,0 +1,1 @@
+"""veriswarm.api: the OpenAI-compatible gateway."""

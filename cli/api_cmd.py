@@ -1,0 +1,43 @@
+"""`veriswarm api serve`: the OpenAI-compatible gateway."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .common import default_model_dir, one_line_errors
+
+api_app = typer.Typer(help="The OpenAI-compatible HTTP API in front of the swarm.", no_args_is_help=True)
+
+
+@api_app.command("serve")
+@one_line_errors
+def api_serve(
+    peers: Annotated[str | None, typer.Option("--peers", help="comma-separated node URLs")] = None,
+    peers_file: Annotated[Path | None, typer.Option("--peers-file", help="JSON list of {url, shard, address}")] = None,
+    model_dir: Annotated[Path | None, typer.Option("--model-dir")] = None,
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 8080,
+    api_key: Annotated[list[str] | None, typer.Option("--api-key", help="accepted bearer key (repeatable); "
+                                                         "also VERISWARM_API_KEYS=k1,k2")] = None,
+    requests_per_minute: Annotated[int, typer.Option("--rate-limit", help="requests per minute per key")] = 120,
+    verifier: Annotated[str | None, typer.Option("--verifier", help="verifier URL to send checked hops to")] = None,
+) -> None:
+    """Serve /v1/models, /v1/chat/completions and /v1/completions (streaming and not)."""
+    from veriswarm.api.gateway import GatewayConfig, serve
+    from veriswarm.client import AsyncClient, StaticRegistry
+
+    from veriswarm.errors import ConfigError
+    from veriswarm.sinks import HttpSink
+
+    if (peers is None) == (peers_file is None):
+        raise ConfigError("give exactly one of --peers URL[,URL...] or --peers-file FILE")
+    keys = tuple(api_key or ()) + tuple(k for k in os.environ.get("VERISWARM_API_KEYS", "").split(",") if k)
+    config = GatewayConfig(host=host, port=port, api_keys=keys, requests_per_minute=requests_per_minute)
+    config.check()
+    registry = StaticRegistry.from_urls(peers) if peers is not None else StaticRegistry.from_file(peers_file)
+    sink = HttpSink(verifier) if verifier else None
+    serve(lambda: AsyncClient(model_dir or default_model_dir(), registry, sink=sink), config)
