@@ -155,6 +155,11 @@ def demo_cmd(
               workdir=home() / "demo", max_new_tokens=max_new_tokens)
 
 
+from .api_cmd import api_app  # noqa: E402
+
+app.add_typer(api_app, name="api")
+
+
 def main() -> None:
     app()
 
