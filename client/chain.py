@@ -48,11 +48,12 @@ class _Hop:
 class ChainSession:
     def __init__(self, http: aiohttp.ClientSession, plan: list[list[ResolvedPeer]], *, manifest_hash: str,
                  domain: ReceiptDomain, sink: ReceiptSink, router: Router | None = None, timeout_s: float = 30.0,
-                 wire_dtype: str = "float32", max_frame_bytes: int = 256 * 1024 * 1024) -> None:
+                 wire_dtype: str = "float32", max_frame_bytes: int = 256 * 1024 * 1024,
+                 session_id: str | None = None) -> None:
         if wire_dtype not in ("float32", "float16", "bfloat16"):
             raise ValueError(f"wire dtype {wire_dtype!r} is not supported")
         self.http = http
-        self.session_id = hex32(os.urandom(32))
+        self.session_id = session_id or hex32(os.urandom(32))
         self.manifest_hash = manifest_hash
         self.domain = domain
         self.sink = sink

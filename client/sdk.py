@@ -106,9 +106,10 @@ class AsyncClient:
         """The replica each shard would use now (best first), checked against the manifest and domain."""
         return [c[0] for c in await self.router.plan(self._session())]
 
-    def _chain(self, plan: list[list[ResolvedPeer]], sink: ReceiptSink) -> ChainSession:
+    def _chain(self, plan: list[list[ResolvedPeer]], sink: ReceiptSink, session_id: str | None = None) -> ChainSession:
         return ChainSession(self._session(), plan, manifest_hash=self.manifest_hash, domain=self.domain, sink=sink,
-                            router=self.router, timeout_s=self.timeout_s, wire_dtype=self.wire_dtype)
+                            router=self.router, timeout_s=self.timeout_s, wire_dtype=self.wire_dtype,
+                            session_id=session_id)
 
     # ---- prompts ---------------------------------------------------------------------------
     def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
@@ -136,10 +137,11 @@ class AsyncClient:
     async def stream_ids(self, prompt_ids: Sequence[int], *, max_new_tokens: int = 64,
                          params: SamplingParams | None = None, stop: Sequence[str] = (),
                          return_logits: bool = False, ignore_eos: bool = False,
-                         into: Generation | None = None) -> AsyncIterator[TokenEvent]:
+                         into: Generation | None = None, session_id: str | None = None) -> AsyncIterator[TokenEvent]:
         """Yield each generated token as it arrives. ``into`` (optional) is filled as generation goes:
         token ids, text, route, receipts, failovers, timings; closing the iterator early releases the
-        node sessions."""
+        node sessions. ``session_id`` reuses a session id (re-asking the same nodes the same thing, as a
+        retry or a probe does); by default each generation gets a fresh random one."""
         params = params or SamplingParams()
         if not prompt_ids:
             raise ConfigError("the prompt is empty")
@@ -151,7 +153,7 @@ class AsyncClient:
                               f"{self.manifest.config.max_position_embeddings}")
         generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
         tee = _Tee(self.sink)
-        chain = self._chain(await self.router.plan(self._session()), tee)
+        chain = self._chain(await self.router.plan(self._session()), tee, session_id)
         gen = into if into is not None else Generation("", [], len(prompt_ids), "length", [])
         gen.records = tee.mine.records
         gen.failovers = chain.failovers
@@ -209,11 +211,13 @@ class AsyncClient:
 
     async def generate_ids(self, prompt_ids: Sequence[int], *, max_new_tokens: int = 64,
                            temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
-                           stop: Sequence[str] = (), return_logits: bool = False, ignore_eos: bool = False) -> Generation:
+                           stop: Sequence[str] = (), return_logits: bool = False, ignore_eos: bool = False,
+                           session_id: str | None = None) -> Generation:
         gen = Generation("", [], len(prompt_ids), "length", [])
         params = SamplingParams(temperature, top_p, top_k, seed)
         async for _ in self.stream_ids(prompt_ids, max_new_tokens=max_new_tokens, params=params, stop=stop,
-                                       return_logits=return_logits, ignore_eos=ignore_eos, into=gen):
+                                       return_logits=return_logits, ignore_eos=ignore_eos, into=gen,
+                                       session_id=session_id):
             pass
         return gen
 

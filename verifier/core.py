@@ -63,6 +63,10 @@ class Verifier:
         self.verdicts: deque[dict[str, object]] = deque(maxlen=1000)
         self._pending: dict[SessionKey, _Pending] = {}
         self._seen: set[str] = set()
+        #: (node, context hash) → the first signed receipt seen for it: a second one with another output
+        #: hash is equivocation, provable on chain by anyone with the two receipts.
+        self._contexts: dict[tuple[str, str], HopRecord] = {}
+        self.equivocations: list[tuple[HopRecord, HopRecord]] = []
         self._shards: dict[int, ShardModel] = {}
         self._lock = threading.Lock()
         self.stats = {"received": 0, "audited_sessions": 0, "skipped_sessions": 0, "faults": 0, "dropped": 0}
@@ -96,6 +100,11 @@ class Verifier:
         with self._lock:
             if rid in self._seen:
                 raise VerifierError(f"receipt {rid[:18]}… was already submitted")
+            earlier = self._contexts.setdefault((signer, r.context_hash), record)
+            if earlier is not record and earlier.receipt.output_hash != r.output_hash:
+                self._seen.add(rid)
+                self._equivocation(earlier, record)
+                return
             if self.pending_bytes() + size > self.config.max_pending_bytes:
                 raise VerifierError("verifier is over its retention budget; try later")
             key = (r.session_id, r.shard_index, signer)
@@ -110,6 +119,18 @@ class Verifier:
         if self.ledger is not None:
             spec = self.manifest.shard(r.shard_index)
             self.ledger.record_receipts([ReceiptEntry(r, signer, spec.num_layers, int(time.time() // self.config.epoch_s))])
+
+    def _equivocation(self, first: HopRecord, second: HopRecord) -> None:
+        self.equivocations.append((first, second))
+        self.stats["faults"] += 1
+        node = first.node_address
+        log.warning("equivocation by %s: two outputs for context %s", node, first.receipt.context_hash)
+        self.verdicts.append({"node": node, "shard": first.receipt.shard_index, "session": first.receipt.session_id,
+                              "passed": False, "summary": "equivocation: two signed outputs for one context",
+                              "time": time.time(), "evidence": second.receipt.receipt_id()})
+        if self.ledger is not None:
+            self.ledger.record_slash(node, second.receipt.receipt_id(), "equivocation",
+                                     {"first": first.receipt.to_json(), "second": second.receipt.to_json()})
 
     # ---- audits --------------------------------------------------------------------------
     def probability(self, node: str) -> float:
@@ -171,5 +192,7 @@ class Verifier:
             stale = [k for k, p in self._pending.items() if now - p.last_seen > self.config.retention_s]
             for k in stale:
                 del self._pending[k]
+            if len(self._contexts) > 1_000_000:  # bounded memory: equivocation is checked over a window
+                self._contexts.clear()
         self.stats["dropped"] += len(stale)
         return len(stale)

@@ -8,6 +8,8 @@ re-executes can tell. Modes (``--mode``):
 - ``skip_layer``: skip the shard's last layer.
 - ``kv_corrupt``: answer honestly, but after step ``--after`` corrupt the KV cache (later steps go wrong).
 - ``replay``: answer a step with the output of an earlier step of the same shape (a cached answer).
+- ``equivocate``: honest the first time a context is computed, different (noisy) output every later time
+  the same session inputs come again (two signed outputs for one context).
 - ``sometimes``: like ``noise``, but only in a fraction ``--fraction`` of sessions (cheats when it hopes
   not to be watched; it cannot know which sessions are audited).
 
@@ -40,6 +42,7 @@ def corrupt(shard: ShardModel, args: argparse.Namespace) -> None:
     rng = torch.Generator().manual_seed(7)
     last: dict[tuple[int, ...], torch.Tensor] = {}
     cheating_sessions: dict[int, bool] = {}
+    seen_inputs: set[bytes] = set()
 
     def noisy(out: torch.Tensor) -> torch.Tensor:
         noise = torch.randn(out.shape, generator=rng) * out.std() * args.scale
@@ -56,6 +59,12 @@ def corrupt(shard: ShardModel, args: argparse.Namespace) -> None:
         out = honest(hidden, start_pos, cache)
         if args.mode == "noise":
             return noisy(out)
+        if args.mode == "equivocate":
+            digest = hidden.numpy().tobytes() + start_pos.to_bytes(4, "little")
+            if digest in seen_inputs:
+                return noisy(out)
+            seen_inputs.add(digest)
+            return out
         if args.mode == "sometimes":
             key = id(cache)
             if key not in cheating_sessions:
@@ -79,7 +88,7 @@ def corrupt(shard: ShardModel, args: argparse.Namespace) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mode", required=True,
-                    choices=["noise", "wrong_weights", "skip_layer", "kv_corrupt", "replay", "sometimes"])
+                    choices=["noise", "wrong_weights", "skip_layer", "kv_corrupt", "replay", "sometimes", "equivocate"])
     ap.add_argument("--scale", type=float, default=1e-2)
     ap.add_argument("--after", type=int, default=8)
     ap.add_argument("--fraction", type=float, default=0.5)

@@ -11,7 +11,7 @@ import pytest
 from veriswarm.client import Client
 from veriswarm.deploy.local import LocalSwarm
 from veriswarm.incentives.ledger import Ledger
-from veriswarm.verifier.core import Verifier, VerifierConfig
+from veriswarm.verifier.core import Verifier, VerifierConfig, VerifierError
 
 from veriswarm.manifest import ModelDir
 from veriswarm.sinks import MemorySink
@@ -58,3 +58,40 @@ def test_attack_is_detected_and_honest_node_is_not(attacked: tuple[str, LocalSwa
     if name == "kv_corrupt":  # the first steps were honest: the fault is found where the cache went bad
         first = verdicts[1].first_failure
         assert first is not None and first.step > 0
+
+
+def test_equivocation_is_caught_from_two_receipts(tiny_dir: Path, tmp_path: Path) -> None:
+    """A node that signs a different output when the same session context comes again: the verifier sees
+    two receipts with one context hash and two output hashes — evidence anyone can take on chain."""
+    import asyncio
+
+    from veriswarm.client import AsyncClient
+
+    swarm = LocalSwarm(model_dir=tiny_dir, workdir=tmp_path / "swarm", torch_threads=1,
+                       commands={1: [*EVIL, "--mode", "equivocate", "--scale", "1e-2"]})
+    with swarm:
+        ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+        ledger.create_schema()
+        verifier = Verifier(ModelDir.open(tiny_dir), ledger=ledger, config=VerifierConfig(audit_rate=0.0))
+
+        async def twice() -> None:
+            sinks = [MemorySink(), MemorySink()]
+            async with AsyncClient(tiny_dir, swarm.urls, sink=sinks[0]) as client:
+                await client.generate_ids([5, 6, 7], max_new_tokens=3, ignore_eos=True)
+                session = sinks[0].records[0].receipt.session_id
+                # The same session id and inputs again (a client retrying, or a verifier's probe).
+                client.sink = sinks[1]
+                await client.generate_ids([5, 6, 7], max_new_tokens=3, ignore_eos=True, session_id=session)
+            for rec in sinks[0].records + sinks[1].records:
+                try:
+                    verifier.submit(rec)
+                except VerifierError:
+                    pass  # the honest shard's repeated receipts: identical outputs, refused as duplicates
+
+        asyncio.run(twice())
+        evil = swarm.nodes[1].address
+        assert verifier.equivocations and verifier.equivocations[0][0].node_address == evil
+        first, second = verifier.equivocations[0]
+        assert first.receipt.context_hash == second.receipt.context_hash
+        assert first.receipt.output_hash != second.receipt.output_hash
+        assert ledger.slashes()[0]["kind"] == "equivocation" and ledger.node(evil).status == "excluded"
