@@ -156,8 +156,10 @@ def demo_cmd(
 
 
 from .api_cmd import api_app  # noqa: E402
+from .verifier_cmd import verifier_app  # noqa: E402
 
 app.add_typer(api_app, name="api")
+app.add_typer(verifier_app, name="verifier")
 
 
 def main() -> None:

@@ -1,0 +1,53 @@
+"""`veriswarm verifier start`: receive checked hops, audit them by re-execution, record verdicts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .common import default_model_dir, home, one_line_errors
+
+verifier_app = typer.Typer(help="Verify nodes' work by sampled re-execution.", no_args_is_help=True)
+
+
+@verifier_app.command("start")
+@one_line_errors
+def verifier_start(
+    model_dir: Annotated[Optional[Path], typer.Option("--model-dir", help="the split whose shards to check")] = None,
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 8790,
+    ledger_url: Annotated[Optional[str], typer.Option("--ledger-url", help="SQLAlchemy URL (default: SQLite file "
+                                                      "under the working folder)")] = None,
+    audit_rate: Annotated[Optional[float], typer.Option("--audit-rate", help="fixed per-step audit probability "
+                                                        "(default: from each node's reputation)")] = None,
+    idle_s: Annotated[float, typer.Option("--idle-s", help="audit a session once idle this long")] = 5.0,
+    name: Annotated[str, typer.Option("--name", help="this verifier's id in the ledger")] = "verifier",
+) -> None:
+    """Serve POST /v1/hops, GET /v1/verdicts; audits run in the background."""
+    import logging
+
+    from aiohttp import web
+
+    from veriswarm.errors import ConfigError
+    from veriswarm.incentives.ledger import Ledger
+    from veriswarm.manifest import ModelDir
+    from veriswarm.verifier.core import Verifier, VerifierConfig
+    from veriswarm.verifier.service import make_app
+
+    if audit_rate is not None and not 0.0 <= audit_rate <= 1.0:
+        raise ConfigError("--audit-rate must be within [0, 1]")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    md = ModelDir.open(model_dir or default_model_dir())
+    url = ledger_url or f"sqlite:///{(home() / 'ledger.db').resolve()}"
+    (home()).mkdir(parents=True, exist_ok=True)
+    ledger = Ledger(url)
+    ledger.migrate()
+    verifier = Verifier(md, ledger=ledger, config=VerifierConfig(address=name, idle_s=idle_s, audit_rate=audit_rate))
+    typer.echo(f"veriswarm verifier ready: http://{host}:{port} manifest {md.manifest.hash} "
+               f"beacon commitment {verifier.beacon.commitment} ledger {url}")
+    try:
+        web.run_app(make_app(verifier=verifier), host=host, port=port, print=None)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
