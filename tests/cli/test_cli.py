@@ -107,3 +107,16 @@ def test_devnet_up_answers_a_prompt_and_stops(tiny_dir: Path, tmp_path: Path) ->
     per_node = re.findall(r"^  (0x[0-9a-fA-F]{40}): (\d+) receipts$", result.output, re.M)
     total = int(re.search(r"^(\d+) hop receipts checked", result.output, re.M).group(1))  # type: ignore[union-attr]
     assert len({a for a, _ in per_node}) == 2 and sum(int(n) for _, n in per_node) == total > 0
+
+
+def test_swarm_plan(tiny_dir: Path, tmp_path: Path) -> None:
+    import json
+
+    nodes = tmp_path / "nodes.json"
+    nodes.write_text(json.dumps([{"name": "fast", "speed": 400, "capacity": 4}, {"name": "slow", "speed": 100,
+                                                                                   "capacity": 2}]))
+    result = run("swarm", "plan", str(nodes), "--model-dir", str(tiny_dir))
+    assert result.exit_code == 0, result.output
+    assert "bottleneck:" in result.output and "fast" in result.output
+    nodes.write_text("[{}]")
+    _one_line_error(run("swarm", "plan", str(nodes), "--model-dir", str(tiny_dir)), "expected a list")
