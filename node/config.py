@@ -36,6 +36,11 @@ class NodeConfig:
     advertise_url: str = ""
     #: If set, refuse to start unless the model directory's manifest hashes to this (the on-chain commitment).
     manifest_hash: str = ""
+    #: A deployment file (``veriswarm devnet up`` writes one): when set, receipts are signed under its chain id
+    #: and Staking address, and the node registers itself there at start (idempotently).
+    deployment: str = ""
+    #: Stake to hold on chain, in wei (0: the contract's minimum). Used only with ``deployment``.
+    stake_wei: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -46,6 +51,8 @@ class NodeConfig:
                 raise ConfigError(f"{name} must be positive")
         if self.shard < 0:
             raise ConfigError(f"shard index must be >= 0, got {self.shard}")
+        if self.stake_wei < 0:
+            raise ConfigError("stake_wei must be >= 0")
 
     @property
     def url(self) -> str:

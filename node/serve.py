@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+from dataclasses import replace
 
 import torch
 from aiohttp import web
@@ -26,7 +27,33 @@ READY_PREFIX = "veriswarm node ready"
 PARENT_ENV = "VERISWARM_PARENT_PID"
 
 
+def with_deployment(config: NodeConfig) -> NodeConfig:
+    """With a deployment configured, sign receipts under its chain id and Staking address (EIP-712 domain)."""
+    if not config.deployment:
+        return config
+    from veriswarm.incentives.chain import Deployment
+
+    dep = Deployment.load(config.deployment)
+    default = NodeConfig()
+    if config.chain_id not in (default.chain_id, dep.chain_id):
+        raise ConfigError(f"chain_id {config.chain_id} contradicts the deployment's chain {dep.chain_id}")
+    if config.verifying_contract.lower() not in (default.verifying_contract, dep.staking.lower()):
+        raise ConfigError(f"verifying_contract {config.verifying_contract} contradicts the deployment's Staking "
+                          f"{dep.staking}")
+    return replace(config, chain_id=dep.chain_id, verifying_contract=dep.staking.lower())
+
+
+def register_on_chain(config: NodeConfig, private_key: bytes, manifest_hash: str) -> str:
+    """Register (or update) this node in the deployment's Staking contract: endpoint, shard, manifest, stake."""
+    from veriswarm.incentives.chain import Deployment, ensure_registered
+
+    dep = Deployment.load(config.deployment)
+    return ensure_registered(dep, private_key, endpoint=config.url, shard_index=config.shard,
+                             manifest_hash=manifest_hash, stake_wei=config.stake_wei)
+
+
 def build_app(config: NodeConfig, password: str) -> web.Application:
+    config = with_deployment(config)
     model_dir = ModelDir.open(config.model_dir, expect_hash=config.manifest_hash or None)
     model_dir.manifest.shard(config.shard)  # unknown index → one clear error before any loading
     private_key = load_keystore(config.key_file, password)
@@ -80,8 +107,12 @@ async def _watch_parent(stop: asyncio.Event) -> None:
 
 def run_node(config: NodeConfig, password: str) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    config = with_deployment(config)
     app = build_app(config, password)
     from .app import STATE
 
     state = app[STATE]
+    if config.deployment:
+        # Before listening: once /health answers, the node is in the on-chain registry.
+        print(register_on_chain(config, state.private_key, state.manifest_hash), flush=True)
     asyncio.run(_serve(app, config, address_of(state.private_key), state.manifest_hash))
