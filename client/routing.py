@@ -104,6 +104,12 @@ class Router:
         self.stats.events.append(event)
         log.warning(event)
 
+    def pardon(self, url: str) -> None:
+        """Lift a ban (an operator knows the node was restarted); its strike count stays."""
+        stats = self.peers.get(url)
+        if stats is not None:
+            stats.banned_until = 0.0
+
     def observe(self, url: str, seconds: float) -> None:
         stats = self.peers.get(url)
         if stats is not None:
