@@ -7,7 +7,9 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from veriswarm.incentives.ledger import Ledger, ReceiptEntry
 from veriswarm.incentives.mechanism import IncentiveParams, audit_probability
@@ -22,6 +24,7 @@ from veriswarm.sinks import HopRecord
 
 from .reexec import SessionVerdict, reexecute_session
 from .sampling import AuditBeacon
+from .slashing import ChainSlasher
 
 log = logging.getLogger("veriswarm.verifier")
 SessionKey = tuple[str, int, str]  # (session id, shard index, node address)
@@ -52,7 +55,7 @@ class VerifierConfig:
 class Verifier:
     def __init__(self, model_dir: ModelDir, *, ledger: Ledger | None = None, domain: ReceiptDomain | None = None,
                  beacon: AuditBeacon | None = None, params: IncentiveParams | None = None,
-                 config: VerifierConfig | None = None) -> None:
+                 config: VerifierConfig | None = None, slasher: ChainSlasher | None = None) -> None:
         self.model_dir = model_dir
         self.manifest = model_dir.manifest
         self.ledger = ledger
@@ -60,6 +63,7 @@ class Verifier:
         self.beacon = beacon or AuditBeacon()
         self.params = params or (ledger.params if ledger else IncentiveParams())
         self.config = config or VerifierConfig()
+        self.slasher = slasher  # proven faults go on chain when set
         self.verdicts: deque[dict[str, object]] = deque(maxlen=1000)
         self._pending: dict[SessionKey, _Pending] = {}
         self._seen: set[str] = set()
@@ -128,9 +132,12 @@ class Verifier:
         self.verdicts.append({"node": node, "shard": first.receipt.shard_index, "session": first.receipt.session_id,
                               "passed": False, "summary": "equivocation: two signed outputs for one context",
                               "time": time.time(), "evidence": second.receipt.receipt_id()})
+        slash_id = None
         if self.ledger is not None:
-            self.ledger.record_slash(node, second.receipt.receipt_id(), "equivocation",
-                                     {"first": first.receipt.to_json(), "second": second.receipt.to_json()})
+            slash_id = self.ledger.record_slash(node, second.receipt.receipt_id(), "equivocation",
+                                                {"first": first.receipt.to_json(), "second": second.receipt.to_json()})
+        if self.slasher is not None:
+            self._on_chain(slash_id, lambda: self.slasher.equivocation(first.receipt, second.receipt))  # type: ignore[union-attr]
 
     # ---- audits --------------------------------------------------------------------------
     def probability(self, node: str) -> float:
@@ -181,10 +188,24 @@ class Verifier:
         bad = [s.receipt_id for s in verdict.steps if not s.passed] or ids[:1]
         self.ledger.record_audit(bad, self.config.address, "fault", summary)
         first = next(r for r in records if r.receipt.receipt_id() == bad[0])
-        self.ledger.record_slash(verdict.node_address, bad[0], "verdict",
-                                 {"summary": summary, "receipt": first.receipt.to_json(),
-                                  "session": verdict.session_id, "shard": verdict.shard_index})
+        slash_id = self.ledger.record_slash(verdict.node_address, bad[0], "verdict",
+                                            {"summary": summary, "receipt": first.receipt.to_json(),
+                                             "session": verdict.session_id, "shard": verdict.shard_index})
         entry["evidence"] = bad[0]
+        if self.slasher is not None:
+            self._on_chain(slash_id, lambda: self.slasher.verdict(verdict.node_address, first.receipt, summary))  # type: ignore[union-attr]
+
+    def _on_chain(self, slash_id: int | None, submit: Callable[[], dict[str, Any]]) -> None:
+        """Submit a slash; a chain error is logged and the ledger keeps the evidence for a retry."""
+        try:
+            event = submit()
+        except VeriswarmError as exc:
+            log.error("could not submit the slash on chain (evidence kept in the ledger): %s", exc)
+            return
+        self.stats["slashes_submitted"] = self.stats.get("slashes_submitted", 0) + 1
+        if self.ledger is not None and slash_id is not None:
+            amount = event.get("amount")
+            self.ledger.update_slash(slash_id, status="submitted", amount=int(amount) if amount is not None else None)
 
     def drop_stale(self) -> int:
         now = time.monotonic()

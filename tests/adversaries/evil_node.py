@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from veriswarm.node.app import make_app
 from veriswarm.node.config import NodeConfig
-from veriswarm.node.serve import _serve
+from veriswarm.node.serve import _serve, register_on_chain, with_deployment
 from veriswarm.split.artifacts import load_shard
 from veriswarm.split.kvcache import KVCache
 from veriswarm.split.modeling import ShardModel
@@ -98,6 +98,7 @@ def main() -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--torch-threads", type=int, default=0)
+    ap.add_argument("--deployment", default="")
     args = ap.parse_args()
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
@@ -110,7 +111,10 @@ def main() -> None:
                 p.add_(torch.randn(p.shape, generator=g) * p.std().clamp_min(1e-3) * args.scale)
     corrupt(shard, args)
     key = load_keystore(args.key, os.environ["VERISWARM_KEY_PASSWORD"])
-    cfg = NodeConfig(model_dir=args.model_dir, shard=args.shard, key_file=args.key, host=args.host, port=args.port)
+    cfg = with_deployment(NodeConfig(model_dir=args.model_dir, shard=args.shard, key_file=args.key, host=args.host,
+                                     port=args.port, deployment=args.deployment))
+    if cfg.deployment:  # a dishonest node registers and stakes like any other
+        register_on_chain(cfg, key, md.manifest.hash)
     app = make_app(config=cfg, manifest=md.manifest, shard=shard, private_key=key)
     asyncio.run(_serve(app, cfg, address_of(key), md.manifest.hash))
 

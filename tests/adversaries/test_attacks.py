@@ -13,6 +13,7 @@ from veriswarm.deploy.local import LocalSwarm
 from veriswarm.incentives.ledger import Ledger
 from veriswarm.verifier.core import Verifier, VerifierConfig, VerifierError
 
+from tests.deploy.devnet_fixtures import chain, devnet  # noqa: F401  (fixtures)
 from veriswarm.manifest import ModelDir
 from veriswarm.sinks import MemorySink
 
@@ -95,3 +96,41 @@ def test_equivocation_is_caught_from_two_receipts(tiny_dir: Path, tmp_path: Path
         assert first.receipt.context_hash == second.receipt.context_hash
         assert first.receipt.output_hash != second.receipt.output_hash
         assert ledger.slashes()[0]["kind"] == "equivocation" and ledger.node(evil).status == "excluded"
+
+
+def test_detected_faults_are_slashed_on_the_devnet(tiny_dir: Path, tmp_path: Path, devnet, chain) -> None:  # type: ignore[no-untyped-def]
+    """End to end on a real anvil: nodes register themselves on chain, a wrong-weights node serves, the
+    verifier's audit finds it, and its quorum verdict slashes and jails it there; the honest node is untouched."""
+    from veriswarm.client.chain_registry import ChainRegistry
+    from veriswarm.deploy.devnet import deployment_path
+    from veriswarm.verifier.slashing import ChainSlasher
+
+    from tests.deploy.devnet_fixtures import _SHARED
+
+    dep_file = deployment_path(_SHARED[0][1])
+    swarm = LocalSwarm(model_dir=tiny_dir, workdir=tmp_path / "swarm", torch_threads=1,
+                       extra_args=["--deployment", str(dep_file)],
+                       commands={1: [*EVIL, "--mode", "wrong_weights", "--scale", "1e-2",
+                                     "--deployment", str(dep_file)]})
+    with swarm:
+        staking = devnet.staking_contract(chain)
+        honest, evil = swarm.nodes[0].address, swarm.nodes[1].address
+        assert staking.call("isActive", evil) and staking.call("isActive", honest)
+        stake_before = int(staking.call("getNode", evil)["stake"])
+        sink = MemorySink()
+        with Client(tiny_dir, ChainRegistry(devnet.rpc_url, devnet.staking), sink=sink, domain=devnet.domain) as client:
+            client.generate_ids([5, 6, 7, 8], max_new_tokens=6, ignore_eos=True)
+        ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+        ledger.create_schema()
+        slasher = ChainSlasher(devnet, devnet.verifiers[0].key)
+        verifier = Verifier(ModelDir.open(tiny_dir), ledger=ledger, domain=devnet.domain,
+                            config=VerifierConfig(audit_rate=1.0), slasher=slasher)
+        for record in sink.records:
+            verifier.submit(record)
+        verdicts = {v.shard_index: v for v in verifier.audit_due(force=True)}
+        assert verdicts[0].passed and not verdicts[1].passed
+        assert verifier.stats.get("slashes_submitted") == 1
+        assert staking.call("isJailed", evil) and not staking.call("isActive", evil)
+        assert int(staking.call("getNode", evil)["stake"]) < stake_before
+        assert staking.call("isActive", honest) and not staking.call("isJailed", honest)
+        assert ledger.slashes()[0]["status"] == "submitted"
