@@ -13,7 +13,6 @@ from veriswarm.deploy.local import LocalSwarm
 from veriswarm.incentives.ledger import Ledger
 from veriswarm.verifier.core import Verifier, VerifierConfig, VerifierError
 
-from tests.deploy.devnet_fixtures import chain, devnet  # noqa: F401  (fixtures)
 from veriswarm.manifest import ModelDir
 from veriswarm.sinks import MemorySink
 
