@@ -25,19 +25,33 @@ def api_serve(
                                                          "also VERISWARM_API_KEYS=k1,k2")] = None,
     requests_per_minute: Annotated[int, typer.Option("--rate-limit", help="requests per minute per key")] = 120,
     verifier: Annotated[str | None, typer.Option("--verifier", help="verifier URL to send checked hops to")] = None,
+    deployment: Annotated[Path | None, typer.Option("--deployment", help="find nodes in this deployment's on-chain "
+                                                    "registry (instead of --peers)")] = None,
 ) -> None:
     """Serve /v1/models, /v1/chat/completions and /v1/completions (streaming and not)."""
     from veriswarm.api.gateway import GatewayConfig, serve
-    from veriswarm.client import AsyncClient, StaticRegistry
+    from veriswarm.client import AsyncClient, Registry, StaticRegistry
 
     from veriswarm.errors import ConfigError
     from veriswarm.sinks import HttpSink
 
-    if (peers is None) == (peers_file is None):
-        raise ConfigError("give exactly one of --peers URL[,URL...] or --peers-file FILE")
+    if sum(x is not None for x in (peers, peers_file, deployment)) != 1:
+        raise ConfigError("give exactly one of --peers URL[,URL...], --peers-file FILE or --deployment FILE")
     keys = tuple(api_key or ()) + tuple(k for k in os.environ.get("VERISWARM_API_KEYS", "").split(",") if k)
     config = GatewayConfig(host=host, port=port, api_keys=keys, requests_per_minute=requests_per_minute)
     config.check()
-    registry = StaticRegistry.from_urls(peers) if peers is not None else StaticRegistry.from_file(peers_file)
+    domain = None
+    registry: Registry
+    if deployment is not None:
+        from veriswarm.client.chain_registry import ChainRegistry
+        from veriswarm.incentives.chain import Deployment
+
+        dep = Deployment.load(deployment)
+        registry, domain = ChainRegistry(dep.rpc_url, dep.staking), dep.domain
+    elif peers is not None:
+        registry = StaticRegistry.from_urls(peers)
+    else:
+        assert peers_file is not None
+        registry = StaticRegistry.from_file(peers_file)
     sink = HttpSink(verifier) if verifier else None
-    serve(lambda: AsyncClient(model_dir or default_model_dir(), registry, sink=sink), config)
+    serve(lambda: AsyncClient(model_dir or default_model_dir(), registry, sink=sink, domain=domain), config)

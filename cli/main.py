@@ -350,12 +350,15 @@ def ledger_claim(
 def demo_cmd(
     prompt: Annotated[str, typer.Option("--prompt")] = "In one sentence, what is a verifiable computation?",
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-m")] = 48,
+    model_dir: Annotated[Path | None, typer.Option("--model-dir", help="default: SmolLM2 split in 4 shards")] = None,
+    serve: Annotated[bool, typer.Option("--serve", help="keep everything running until Ctrl-C")] = False,
 ) -> None:
-    """The main demo: split the model, start the swarm, answer a prompt, show the checked receipts."""
-    from .demo import run_swarm
+    """The main demo: chain + contracts, nodes staking on chain, verifier, OpenAI gateway; a prompt answered,
+    audited, recorded in the ledger, settled on chain and claimed."""
+    from .demo import run_demo
 
-    run_swarm(ensure_default_split(), replicas=1, base_port=0, prompt=prompt, wait=False,
-              workdir=home() / "demo", max_new_tokens=max_new_tokens)
+    run_demo(model_dir or ensure_default_split(), home() / "demo", prompt=prompt, max_new_tokens=max_new_tokens,
+             serve=serve)
 
 
 from .api_cmd import api_app  # noqa: E402
