@@ -17,9 +17,10 @@ import re
 import struct
 import time
 from dataclasses import asdict, dataclass, replace
+from functools import cached_property
 
+import coincurve
 from eth_keys import keys
-from eth_keys.exceptions import BadSignature, ValidationError
 from eth_utils import keccak, to_checksum_address
 
 from .errors import ReceiptError
@@ -51,7 +52,8 @@ class ReceiptDomain:
     chain_id: int = 31337
     verifying_contract: str = ZERO_ADDRESS
 
-    def separator(self) -> bytes:
+    @cached_property
+    def _separator(self) -> bytes:
         return keccak(
             DOMAIN_TYPEHASH
             + keccak(text=DOMAIN_NAME)
@@ -60,6 +62,9 @@ class ReceiptDomain:
             + bytes(12)
             + bytes.fromhex(self.verifying_contract[2:])
         )
+
+    def separator(self) -> bytes:
+        return self._separator
 
 
 def _b32(name: str, value: str) -> bytes:
@@ -96,6 +101,10 @@ class Receipt:
     signature: str = ""
 
     def struct_hash(self) -> bytes:
+        return self._struct_hash
+
+    @cached_property
+    def _struct_hash(self) -> bytes:
         return keccak(
             RECEIPT_TYPEHASH
             + _b32("manifestHash", self.manifest_hash)
@@ -136,10 +145,12 @@ class Receipt:
         if not 0 < s <= _SECP256K1_N // 2:
             raise ReceiptError("receipt signature has a high s value (malleable); refused")
         try:
-            pub = keys.Signature(vrs=(v - 27, r, s)).recover_public_key_from_msg_hash(self.digest(domain))
-        except (BadSignature, ValidationError) as exc:
+            # coincurve directly: the same secp256k1 recovery as eth-keys, without its per-call overhead
+            pub = coincurve.PublicKey.from_signature_and_message(raw[:64] + bytes([v - 27]), self.digest(domain),
+                                                                 hasher=None)
+        except (ValueError, TypeError) as exc:
             raise ReceiptError(f"receipt signature does not recover: {exc}") from exc
-        return NodeAddress(pub.to_checksum_address())
+        return NodeAddress(to_checksum_address(keccak(pub.format(compressed=False)[1:])[-20:]))
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
