@@ -140,6 +140,8 @@ class Receipt:
             raise ReceiptError("receipt signature must be 0x + 130 lower-case hex digits (r, s, v)")
         raw = bytes.fromhex(sig_hex[2:])
         r, s, v = int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:64], "big"), raw[64]
+        if not 0 < r < _SECP256K1_N:
+            raise ReceiptError("receipt signature has an out-of-range r value")
         if v not in (27, 28):
             raise ReceiptError(f"receipt signature has v={v}; expected 27 or 28")
         if not 0 < s <= _SECP256K1_N // 2:
