@@ -133,3 +133,26 @@ def test_detected_faults_are_slashed_on_the_devnet(tiny_dir: Path, tmp_path: Pat
         assert int(staking.call("getNode", evil)["stake"]) < stake_before
         assert staking.call("isActive", honest) and not staking.call("isJailed", honest)
         assert ledger.slashes()[0]["status"] == "submitted"
+
+
+def test_cheating_only_sometimes_is_caught_by_unpredictable_sampling(tiny_dir: Path, tmp_path: Path) -> None:
+    """A node that cheats in half of its sessions, hoping to dodge audits: it cannot know which steps the
+    verifier's committed secret selects, so at a partial audit rate it is still caught."""
+    swarm = LocalSwarm(model_dir=tiny_dir, workdir=tmp_path / "swarm", torch_threads=1,
+                       commands={1: [*EVIL, "--mode", "sometimes", "--fraction", "0.5", "--scale", "1e-2"]})
+    with swarm:
+        sink = MemorySink()
+        with Client(tiny_dir, swarm.urls, sink=sink) as client:
+            for i in range(16):
+                client.generate_ids([5 + i, 6, 7], max_new_tokens=6, ignore_eos=True)
+        ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+        ledger.create_schema()
+        verifier = Verifier(ModelDir.open(tiny_dir), ledger=ledger, config=VerifierConfig(audit_rate=0.3))
+        for record in sink.records:
+            verifier.submit(record)
+        verdicts = verifier.audit_due(force=True)
+        skipped = verifier.stats["skipped_sessions"]
+        assert len(verdicts) + skipped == 32  # 16 sessions x 2 shards, each audited or skipped by the beacon
+        assert any(not v.passed for v in verdicts if v.shard_index == 1)
+        assert all(v.passed for v in verdicts if v.shard_index == 0)
+        assert ledger.node(swarm.nodes[1].address).status == "excluded"
