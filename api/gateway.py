@@ -19,8 +19,8 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from veriswarm.client import AsyncClient, Generation, SamplingParams
 
+from veriswarm.client import AsyncClient, Generation, SamplingParams
 from veriswarm.errors import ConfigError, ReceiptError, RemoteError
 
 from .openai_types import ApiError, ChatRequest, CompletionRequest, parse

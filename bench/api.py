@@ -22,6 +22,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import openai
+
 from veriswarm.client import Client
 from veriswarm.deploy.local import LocalSwarm, free_port
 from veriswarm.split.partition import split_model

@@ -30,11 +30,11 @@ from pathlib import Path
 
 import coincurve
 from Crypto.Hash import keccak as _keccak_mod
+
 from veriswarm.deploy.devnet import free_port, start_devnet, stop_devnet
 from veriswarm.incentives.chain import Deployment
 from veriswarm.incentives.ledger import Ledger, ReceiptEntry
 from veriswarm.incentives.settlement import claim, settle_epoch
-
 from veriswarm.receipts import Receipt, ReceiptDomain, address_of, hex32
 
 ETHER = 10**18

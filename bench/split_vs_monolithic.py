@@ -20,6 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
+
 from veriswarm.client import Client
 from veriswarm.deploy.local import LocalSwarm
 from veriswarm.split.partition import write_model_dir

@@ -28,18 +28,18 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
+
+from veriswarm.frames import encode_tensor, sha256
 from veriswarm.incentives.mechanism import IncentiveParams, audit_probability
+from veriswarm.manifest import ModelDir
+from veriswarm.receipts import Receipt, ReceiptDomain, address_of, context_seed, hex32, next_context
+from veriswarm.sinks import HopRecord
 from veriswarm.split.artifacts import load_head, load_shard
 from veriswarm.split.modeling import ShardModel
 from veriswarm.split.partition import write_model_dir
 from veriswarm.split.sources import config_from_hf, load_hf, resolve_source
 from veriswarm.verifier.reexec import reexecute_session
 from veriswarm.verifier.sampling import AuditBeacon
-
-from veriswarm.frames import encode_tensor, sha256
-from veriswarm.manifest import ModelDir
-from veriswarm.receipts import Receipt, ReceiptDomain, address_of, context_seed, hex32, next_context
-from veriswarm.sinks import HopRecord
 
 KEY = bytes.fromhex("5a" * 32)
 DOMAIN = ReceiptDomain()

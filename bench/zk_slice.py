@@ -27,6 +27,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np
 import torch
+
+from veriswarm.frames import decode_tensor, encode_tensor, sha256
+from veriswarm.manifest import ModelDir
 from veriswarm.split.artifacts import load_head, load_shard
 from veriswarm.split.partition import write_model_dir
 from veriswarm.split.sources import config_from_hf, load_hf, resolve_source
@@ -45,9 +48,6 @@ from veriswarm.verifier.zk import (
     verify_slice,
 )
 from veriswarm.verifier.zk.slices import matrix_rows
-
-from veriswarm.frames import decode_tensor, encode_tensor, sha256
-from veriswarm.manifest import ModelDir
 
 PROMPT = "Why is the sky blue? Answer in one paragraph."
 

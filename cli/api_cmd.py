@@ -31,7 +31,6 @@ def api_serve(
     """Serve /v1/models, /v1/chat/completions and /v1/completions (streaming and not)."""
     from veriswarm.api.gateway import GatewayConfig, serve
     from veriswarm.client import AsyncClient, Registry, StaticRegistry
-
     from veriswarm.errors import ConfigError
     from veriswarm.sinks import HttpSink
 

@@ -78,12 +78,11 @@ def run_demo(model_dir: Path, workdir: Path, *, prompt: str, max_new_tokens: int
     from veriswarm.deploy.local import DEVNET_PASSWORD, LocalSwarm
     from veriswarm.incentives.ledger import Ledger
     from veriswarm.incentives.settlement import claim, settle_epoch
+    from veriswarm.keys import load_keystore
+    from veriswarm.manifest import ModelDir
     from veriswarm.verifier.core import Verifier, VerifierConfig
     from veriswarm.verifier.service import make_app
     from veriswarm.verifier.slashing import ChainSlasher
-
-    from veriswarm.keys import load_keystore
-    from veriswarm.manifest import ModelDir
 
     echo = typer.echo
     if workdir.exists():

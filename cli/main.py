@@ -54,6 +54,7 @@ def split_cmd(
         digest = split_with_progress(model, shards, target)
     else:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
         from veriswarm.split.partition import split_model
 
         target = out or default_model_dir(shards).with_name(f"{default_model_dir(shards).name}-svd")
@@ -126,7 +127,6 @@ def generate_cmd(
 ) -> None:
     """Generate text through the swarm, streaming to the terminal."""
     from veriswarm.client import Client, StaticRegistry
-
     from veriswarm.errors import ConfigError
     from veriswarm.sinks import JsonlSink
 
@@ -247,7 +247,6 @@ def ledger_record(
     from veriswarm.incentives.chain import Deployment
     from veriswarm.incentives.errors import LedgerError
     from veriswarm.incentives.ledger import ReceiptEntry
-
     from veriswarm.manifest import ModelDir
     from veriswarm.receipts import Receipt
 
@@ -332,7 +331,6 @@ def ledger_claim(
     """Claim a node's reward for an epoch with its Merkle proof from the ledger."""
     from veriswarm.incentives.chain import Deployment
     from veriswarm.incentives.settlement import claim
-
     from veriswarm.keys import load_keystore
 
     dep = Deployment.load(_deployment_file(deployment))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -15,12 +15,12 @@ verifier_app = typer.Typer(help="Verify nodes' work by sampled re-execution.", n
 @verifier_app.command("start")
 @one_line_errors
 def verifier_start(
-    model_dir: Annotated[Optional[Path], typer.Option("--model-dir", help="the split whose shards to check")] = None,
+    model_dir: Annotated[Path | None, typer.Option("--model-dir", help="the split whose shards to check")] = None,
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port")] = 8790,
-    ledger_url: Annotated[Optional[str], typer.Option("--ledger-url", help="SQLAlchemy URL (default: SQLite file "
+    ledger_url: Annotated[str | None, typer.Option("--ledger-url", help="SQLAlchemy URL (default: SQLite file "
                                                       "under the working folder)")] = None,
-    audit_rate: Annotated[Optional[float], typer.Option("--audit-rate", help="fixed per-step audit probability "
+    audit_rate: Annotated[float | None, typer.Option("--audit-rate", help="fixed per-step audit probability "
                                                         "(default: from each node's reputation)")] = None,
     idle_s: Annotated[float, typer.Option("--idle-s", help="audit a session once idle this long")] = 5.0,
     name: Annotated[str, typer.Option("--name", help="this verifier's id in the ledger")] = "verifier",

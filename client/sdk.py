@@ -13,12 +13,12 @@ from typing import Any, TypeVar
 
 import aiohttp
 import torch
-from veriswarm.split.artifacts import load_head
 
 from veriswarm.errors import ConfigError
 from veriswarm.manifest import ModelDir
 from veriswarm.receipts import ReceiptDomain
 from veriswarm.sinks import HopRecord, MemorySink, NullSink, ReceiptSink
+from veriswarm.split.artifacts import load_head
 
 from .chain import ChainSession, Failover
 from .registry import Registry, StaticRegistry

@@ -23,11 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from veriswarm.errors import ConfigError
 from veriswarm.incentives.abi import artifact
 from veriswarm.incentives.chain import STAKING_PARAM_NAMES, Chain, Deployment, KeyAccount
 from veriswarm.incentives.errors import ChainError
-
-from veriswarm.errors import ConfigError
 
 ANVIL_ENV = "VERISWARM_ANVIL"
 TEST_MNEMONIC = "test test test test test test test test test test test junk"
@@ -315,7 +314,6 @@ def serve_swarm(deployment_file: Path, model_dir: Path, *, workdir: Path, replic
     from veriswarm.client import Client
     from veriswarm.client.chain_registry import ChainRegistry
     from veriswarm.deploy.local import LocalSwarm
-
     from veriswarm.sinks import MemorySink
 
     dep = Deployment.load(deployment_file)

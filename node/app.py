@@ -19,7 +19,6 @@ import torch
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from veriswarm.split.modeling import ShardModel
 
 from veriswarm import __version__
 from veriswarm.errors import HTTP_STATUS, ErrorCode, ProtocolError
@@ -41,6 +40,7 @@ from veriswarm.protocol import (
     result_reply,
 )
 from veriswarm.receipts import Receipt, ReceiptDomain, address_of, context_seed, hex32, next_context, now_ms
+from veriswarm.split.modeling import ShardModel
 
 from .config import NodeConfig
 from .metrics import NodeMetrics

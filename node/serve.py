@@ -12,12 +12,12 @@ from dataclasses import replace
 
 import torch
 from aiohttp import web
-from veriswarm.split.artifacts import load_shard
 
 from veriswarm.errors import ConfigError
 from veriswarm.keys import load_keystore
 from veriswarm.manifest import ModelDir
 from veriswarm.receipts import address_of
+from veriswarm.split.artifacts import load_shard
 
 from .app import make_app
 from .config import NodeConfig

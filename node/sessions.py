@@ -6,9 +6,8 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-from veriswarm.split.kvcache import KVCache
-
 from veriswarm.errors import ErrorCode, ProtocolError
+from veriswarm.split.kvcache import KVCache
 
 
 @dataclass

@@ -11,16 +11,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from veriswarm.incentives.ledger import Ledger, ReceiptEntry
-from veriswarm.incentives.mechanism import IncentiveParams, audit_probability
-from veriswarm.split.artifacts import load_shard
-from veriswarm.split.modeling import ShardModel
-
 from veriswarm.errors import ReceiptError, VeriswarmError
 from veriswarm.frames import sha256
+from veriswarm.incentives.ledger import Ledger, ReceiptEntry
+from veriswarm.incentives.mechanism import IncentiveParams, audit_probability
 from veriswarm.manifest import ModelDir
 from veriswarm.receipts import ReceiptDomain, hex32
 from veriswarm.sinks import HopRecord
+from veriswarm.split.artifacts import load_shard
+from veriswarm.split.modeling import ShardModel
 
 from .reexec import SessionVerdict, reexecute_session
 from .sampling import AuditBeacon

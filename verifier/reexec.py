@@ -12,12 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from veriswarm.split.modeling import ShardModel
 
 from veriswarm.errors import ReceiptError
 from veriswarm.frames import DTYPE_NAMES, decode_tensor, sha256
 from veriswarm.receipts import ReceiptDomain, context_seed, hex32, next_context
 from veriswarm.sinks import HopRecord
+from veriswarm.split.modeling import ShardModel
 
 from .tolerance import TOLERANCE, position_errors
 

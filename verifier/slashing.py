@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from eth_utils import keccak
-from veriswarm.incentives.chain import Deployment, slash_equivocation, slash_with_verdict
 
+from veriswarm.incentives.chain import Deployment, slash_equivocation, slash_with_verdict
 from veriswarm.receipts import Receipt
 
 log = logging.getLogger("veriswarm.verifier")

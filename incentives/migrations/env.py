@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import create_engine
+
 from veriswarm.incentives.models import Base
 
 config = context.config

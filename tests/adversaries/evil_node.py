@@ -25,16 +25,16 @@ import random
 from pathlib import Path
 
 import torch
-from veriswarm.node.app import make_app
-from veriswarm.node.config import NodeConfig
-from veriswarm.node.serve import _serve, register_on_chain, with_deployment
-from veriswarm.split.artifacts import load_shard
-from veriswarm.split.kvcache import KVCache
-from veriswarm.split.modeling import ShardModel
 
 from veriswarm.keys import load_keystore
 from veriswarm.manifest import ModelDir
+from veriswarm.node.app import make_app
+from veriswarm.node.config import NodeConfig
+from veriswarm.node.serve import _serve, register_on_chain, with_deployment
 from veriswarm.receipts import address_of
+from veriswarm.split.artifacts import load_shard
+from veriswarm.split.kvcache import KVCache
+from veriswarm.split.modeling import ShardModel
 
 
 def corrupt(shard: ShardModel, args: argparse.Namespace) -> None:

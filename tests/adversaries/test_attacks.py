@@ -8,13 +8,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from veriswarm.client import Client
 from veriswarm.deploy.local import LocalSwarm
 from veriswarm.incentives.ledger import Ledger
-from veriswarm.verifier.core import Verifier, VerifierConfig, VerifierError
-
 from veriswarm.manifest import ModelDir
 from veriswarm.sinks import MemorySink
+from veriswarm.verifier.core import Verifier, VerifierConfig, VerifierError
 
 EVIL = [sys.executable, "-m", "tests.adversaries.evil_node"]
 ATTACKS = {
@@ -100,11 +100,10 @@ def test_equivocation_is_caught_from_two_receipts(tiny_dir: Path, tmp_path: Path
 def test_detected_faults_are_slashed_on_the_devnet(tiny_dir: Path, tmp_path: Path, devnet, chain) -> None:  # type: ignore[no-untyped-def]
     """End to end on a real anvil: nodes register themselves on chain, a wrong-weights node serves, the
     verifier's audit finds it, and its quorum verdict slashes and jails it there; the honest node is untouched."""
+    from tests.deploy.devnet_fixtures import _SHARED
     from veriswarm.client.chain_registry import ChainRegistry
     from veriswarm.deploy.devnet import deployment_path
     from veriswarm.verifier.slashing import ChainSlasher
-
-    from tests.deploy.devnet_fixtures import _SHARED
 
     dep_file = deployment_path(_SHARED[0][1])
     swarm = LocalSwarm(model_dir=tiny_dir, workdir=tmp_path / "swarm", torch_threads=1,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 from aiohttp.test_utils import TestServer
-from veriswarm.client import AsyncClient
 
+from veriswarm.client import AsyncClient
 from veriswarm.errors import RemoteError
 from veriswarm.sinks import MemorySink
 

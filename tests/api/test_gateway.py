@@ -16,6 +16,7 @@ from typing import Any
 
 import openai
 import pytest
+
 from veriswarm.client import Client
 from veriswarm.deploy.local import LocalSwarm, free_port
 
@@ -164,7 +165,6 @@ def test_client_disconnect_mid_stream_releases_node_sessions(gateway: str, model
 
 def test_rate_limit_and_non_loopback_without_keys(tiny_dir: Path) -> None:
     from veriswarm.api.gateway import GatewayConfig, RateLimiter
-
     from veriswarm.errors import ConfigError
 
     limiter = RateLimiter(per_minute=60, burst=3)

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 from typer.testing import CliRunner
+
 from veriswarm.cli.main import app
 from veriswarm.deploy.local import LocalSwarm
-
 from veriswarm.manifest import ModelDir
 
 ENV = {"VERISWARM_KEY_PASSWORD": "pw-for-tests"}

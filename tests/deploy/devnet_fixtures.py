@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from veriswarm.deploy.devnet import free_port, start_devnet, stop_devnet
 from veriswarm.incentives.chain import Chain, Deployment
 

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 from typer.testing import CliRunner
+
 from veriswarm.cli.main import app
 from veriswarm.deploy.devnet import free_port, stop_devnet
 from veriswarm.incentives.chain import Chain, Deployment
-
 from veriswarm.receipts import address_of
 
 
@@ -142,10 +142,9 @@ def test_ledger_record_settle_claim_through_the_cli(tiny_dir: Path, devnet: Depl
 
 
 def test_node_deployment_setting(deployment_file: Path, devnet: Deployment, tiny_dir: Path, tmp_path: Path) -> None:
+    from veriswarm.errors import ConfigError
     from veriswarm.node.config import NodeConfig
     from veriswarm.node.serve import with_deployment
-
-    from veriswarm.errors import ConfigError
 
     cfg = with_deployment(NodeConfig.resolve(env={"VERISWARM_NODE_DEPLOYMENT": str(deployment_file)}))
     assert (cfg.chain_id, cfg.verifying_contract) == (devnet.chain_id, devnet.staking.lower())

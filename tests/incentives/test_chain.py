@@ -12,10 +12,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from veriswarm.incentives.chain import Chain, ContractRevert, Deployment, ensure_registered
-from veriswarm.incentives.errors import ChainError
 
 from tests.deploy.devnet_fixtures import chain, devnet
+from veriswarm.incentives.chain import Chain, ContractRevert, Deployment, ensure_registered
+from veriswarm.incentives.errors import ChainError
 from veriswarm.receipts import address_of
 
 __all__ = ["chain", "devnet"]

@@ -7,6 +7,8 @@ import os
 from dataclasses import replace
 
 import pytest
+
+from tests.deploy.devnet_fixtures import chain, devnet
 from veriswarm.incentives.chain import (
     Chain,
     ContractRevert,
@@ -18,8 +20,6 @@ from veriswarm.incentives.chain import (
     slash_with_verdict,
     veto_digest,
 )
-
-from tests.deploy.devnet_fixtures import chain, devnet
 from veriswarm.receipts import Receipt, address_of, hex32
 
 __all__ = ["chain", "devnet"]

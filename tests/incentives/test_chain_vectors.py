@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 from eth_account import Account
+
+from tests.deploy.devnet_fixtures import chain, devnet
 from veriswarm.incentives.chain import (
     Chain,
     Deployment,
@@ -20,8 +22,6 @@ from veriswarm.incentives.chain import (
     verdict_digest,
     veto_digest,
 )
-
-from tests.deploy.devnet_fixtures import chain, devnet
 from veriswarm.receipts import DOMAIN_TYPE, RECEIPT_TYPE, RECEIPT_TYPEHASH, Receipt, ReceiptDomain, address_of, hex32
 
 __all__ = ["chain", "devnet"]

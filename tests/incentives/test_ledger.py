@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 
 import pytest
+
 from veriswarm.incentives.errors import LedgerError
 from veriswarm.incentives.ledger import Ledger, ReceiptEntry
 from veriswarm.incentives.merkle import MerkleTree
-
 from veriswarm.receipts import Receipt, ReceiptDomain, address_of, hex32
 
 KEYS = [bytes([i + 1]) * 32 for i in range(3)]
@@ -86,6 +86,7 @@ def test_evidence_is_usable_once(ledger: Ledger) -> None:
 def test_alembic_schema_matches_the_models(ledger: Ledger) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
+
     from veriswarm.incentives.models import Base
 
     with ledger.engine.connect() as conn:

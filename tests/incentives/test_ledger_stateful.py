@@ -8,9 +8,9 @@ import tempfile
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
 from veriswarm.incentives.errors import LedgerError
 from veriswarm.incentives.ledger import Ledger, ReceiptEntry
-
 from veriswarm.receipts import Receipt, ReceiptDomain, address_of, hex32
 
 KEYS = [bytes([i + 1]) * 32 for i in range(4)]

@@ -1,5 +1,6 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from veriswarm.incentives.merkle import MerkleTree, leaf_hash
 
 

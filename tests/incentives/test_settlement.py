@@ -10,13 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.deploy.devnet_fixtures import chain, deployment_file, devnet
 from veriswarm.incentives.chain import Chain, ContractRevert, Deployment, quorum_signatures, settlement_digest
 from veriswarm.incentives.errors import ChainError, LedgerError
 from veriswarm.incentives.ledger import Ledger, ReceiptEntry
 from veriswarm.incentives.mechanism import allocate
 from veriswarm.incentives.settlement import PAUSE_ENV, STAGES, claim, settle_epoch
-
-from tests.deploy.devnet_fixtures import chain, deployment_file, devnet
 from veriswarm.receipts import Receipt, address_of, hex32
 
 __all__ = ["chain", "deployment_file", "devnet"]

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from veriswarm.client import AsyncClient
 from veriswarm.client.sdk import Generation
 from veriswarm.deploy.local import LocalSwarm
-
 from veriswarm.errors import RemoteError
 
 KILLS = int(os.environ.get("VERISWARM_FAILOVER_KILLS", "10"))

@@ -13,16 +13,16 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+
+from tests.deploy.devnet_fixtures import chain, deployment_file, devnet
 from veriswarm.client import Client
 from veriswarm.client.chain_registry import ChainRegistry
 from veriswarm.deploy.local import DEVNET_PASSWORD, LocalSwarm, NodeProcess
+from veriswarm.errors import RemoteError
 from veriswarm.incentives.chain import Chain, ContractRevert, Deployment, slash_equivocation
 from veriswarm.incentives.ledger import Ledger, ReceiptEntry
 from veriswarm.incentives.mechanism import allocate
 from veriswarm.incentives.settlement import claim, settle_epoch
-
-from tests.deploy.devnet_fixtures import chain, deployment_file, devnet
-from veriswarm.errors import RemoteError
 from veriswarm.keys import load_keystore
 from veriswarm.manifest import ModelDir
 from veriswarm.receipts import hex32

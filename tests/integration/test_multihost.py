@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from veriswarm.client import Client
 from veriswarm.deploy.local import LocalSwarm
 from veriswarm.deploy.netlab import available

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 import torch
+
 from veriswarm.client import Client
 from veriswarm.deploy.local import LocalSwarm
-
 from veriswarm.receipts import ReceiptDomain
 from veriswarm.sinks import MemorySink
 

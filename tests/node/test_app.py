@@ -12,12 +12,11 @@ import aiohttp
 import pytest
 import torch
 from aiohttp.test_utils import TestClient, TestServer
-from veriswarm.node.app import make_app
-from veriswarm.node.config import NodeConfig
-from veriswarm.split.artifacts import load_shard
 
 from veriswarm.frames import decode_tensor, encode_tensor, sha256
 from veriswarm.manifest import ModelDir
+from veriswarm.node.app import make_app
+from veriswarm.node.config import NodeConfig
 from veriswarm.protocol import (
     VERSION_HEADER,
     CloseSession,
@@ -31,6 +30,7 @@ from veriswarm.protocol import (
     encode_envelope,
 )
 from veriswarm.receipts import Receipt, ReceiptDomain, address_of, context_seed, hex32, next_context
+from veriswarm.split.artifacts import load_shard
 
 KEY = bytes.fromhex("11" * 32)
 V = {VERSION_HEADER: "1"}

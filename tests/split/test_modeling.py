@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from veriswarm.errors import ConfigError
 from veriswarm.split.modeling import HeadModel, ShardModel
 from veriswarm.split.partition import _strip_prefix, head_tensors, layer_tensors, plan_layers
 from veriswarm.split.sources import config_from_hf
-
-from veriswarm.errors import ConfigError
 
 from ..tiny import tiny_hf_model
 

@@ -4,12 +4,12 @@ from typing import Any
 
 import pytest
 import torch
-from veriswarm.split.artifacts import load_head, load_shard
-from veriswarm.split.partition import split_model
-from veriswarm.split.sources import resolve_source
 
 from veriswarm.errors import ConfigError
 from veriswarm.manifest import ModelDir
+from veriswarm.split.artifacts import load_head, load_shard
+from veriswarm.split.partition import split_model
+from veriswarm.split.sources import resolve_source
 
 
 def test_split_writes_shards_head_tokenizer_and_manifest(tiny_hf: tuple[Any, Any, Path], tiny_dir: Path) -> None:

@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 import torch
+
 from veriswarm.client import Client
 from veriswarm.deploy.local import LocalSwarm
-from veriswarm.verifier.core import Verifier, VerifierConfig
-
 from veriswarm.manifest import ModelDir
 from veriswarm.sinks import MemorySink
+from veriswarm.verifier.core import Verifier, VerifierConfig
 
 PROMPTS = ["Tell me about the sea.", "What is 17 times 3?", "Name a famous painter.", "Why do cats purr?",
            "Describe a forest in winter.", "How do airplanes fly?", "Give me a haiku about rain.",

@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+
 from veriswarm.client import AsyncClient
 from veriswarm.deploy.local import LocalSwarm
 from veriswarm.incentives.ledger import Ledger
-from veriswarm.verifier.core import Verifier, VerifierConfig
-from veriswarm.verifier.service import make_app
-
 from veriswarm.manifest import ModelDir
 from veriswarm.protocol import VERSION_HEADER, HopSubmission, encode_envelope
 from veriswarm.receipts import Receipt, hex32
 from veriswarm.sinks import HopRecord, HttpSink, MemorySink
+from veriswarm.verifier.core import Verifier, VerifierConfig
+from veriswarm.verifier.service import make_app
 
 V = {VERSION_HEADER: "1"}
 

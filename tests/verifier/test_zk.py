@@ -17,6 +17,10 @@ import ezkl
 import numpy as np
 import pytest
 import torch
+
+from veriswarm.errors import ConfigError, VeriswarmError
+from veriswarm.frames import encode_tensor, sha256
+from veriswarm.manifest import ModelDir
 from veriswarm.split.artifacts import load_shard
 from veriswarm.split.partition import write_model_dir
 from veriswarm.split.sources import config_from_hf
@@ -42,10 +46,6 @@ from veriswarm.verifier.zk import (
 from veriswarm.verifier.zk.circuits import quantize
 from veriswarm.verifier.zk.onnx import matmul_chain
 from veriswarm.verifier.zk.proofs import _ezkl_verify, input_commitment
-
-from veriswarm.errors import ConfigError, VeriswarmError
-from veriswarm.frames import encode_tensor, sha256
-from veriswarm.manifest import ModelDir
 
 OTHER_MANIFEST = "0x" + "ab" * 32
 

@@ -9,6 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+
+from veriswarm.frames import encode_tensor, sha256
+from veriswarm.manifest import ModelDir
 from veriswarm.split.artifacts import load_shard
 from veriswarm.verifier.zk import (
     ProofError,
@@ -23,9 +26,6 @@ from veriswarm.verifier.zk import (
     tolerance,
     verify_slice,
 )
-
-from veriswarm.frames import encode_tensor, sha256
-from veriswarm.manifest import ModelDir
 
 GAS_BUDGET = 600_000
 

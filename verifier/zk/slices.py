@@ -27,12 +27,12 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
-from veriswarm.split.kvcache import KVCache
-from veriswarm.split.modeling import ShardModel
 
 from veriswarm.errors import ManifestError, ProtocolError
 from veriswarm.frames import decode_tensor, sha256
 from veriswarm.manifest import Manifest, ModelDir
+from veriswarm.split.kvcache import KVCache
+from veriswarm.split.modeling import ShardModel
 
 from .errors import ProofError
 

@@ -5,8 +5,9 @@ Revises: (none)
 Create Date: 2026-11-23 18:15:45.947375
 """
 import sqlalchemy as sa
-import veriswarm.incentives.models
 from alembic import op
+
+import veriswarm.incentives.models
 
 revision = '0001'
 down_revision = None
