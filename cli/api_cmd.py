@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from .common import default_model_dir, one_line_errors
+from .common import default_model_dir, one_line_errors, resolve_registry
 
 api_app = typer.Typer(help="The OpenAI-compatible HTTP API in front of the swarm.", no_args_is_help=True)
 
@@ -30,27 +30,12 @@ def api_serve(
 ) -> None:
     """Serve /v1/models, /v1/chat/completions and /v1/completions (streaming and not)."""
     from veriswarm.api.gateway import GatewayConfig, serve
-    from veriswarm.client import AsyncClient, Registry, StaticRegistry
-    from veriswarm.errors import ConfigError
+    from veriswarm.client import AsyncClient
     from veriswarm.sinks import HttpSink
 
-    if sum(x is not None for x in (peers, peers_file, deployment)) != 1:
-        raise ConfigError("give exactly one of --peers URL[,URL...], --peers-file FILE or --deployment FILE")
+    registry, domain = resolve_registry(peers, peers_file, deployment)
     keys = tuple(api_key or ()) + tuple(k for k in os.environ.get("VERISWARM_API_KEYS", "").split(",") if k)
     config = GatewayConfig(host=host, port=port, api_keys=keys, requests_per_minute=requests_per_minute)
     config.check()
-    domain = None
-    registry: Registry
-    if deployment is not None:
-        from veriswarm.client.chain_registry import ChainRegistry
-        from veriswarm.incentives.chain import Deployment
-
-        dep = Deployment.load(deployment)
-        registry, domain = ChainRegistry(dep.rpc_url, dep.staking), dep.domain
-    elif peers is not None:
-        registry = StaticRegistry.from_urls(peers)
-    else:
-        assert peers_file is not None
-        registry = StaticRegistry.from_file(peers_file)
     sink = HttpSink(verifier) if verifier else None
     serve(lambda: AsyncClient(model_dir or default_model_dir(), registry, sink=sink, domain=domain), config)

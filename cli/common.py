@@ -62,3 +62,23 @@ def ensure_default_split(shards: int = 4) -> Path:
         typer.echo(f"preparing SmolLM2-135M-Instruct in {shards} shards under {out} (once)")
         split_with_progress(None, shards, out)
     return out
+
+
+def resolve_registry(peers: str | None, peers_file: Path | None, deployment: Path | None) -> tuple[Any, Any]:
+    """Where to find nodes: a static list (--peers / --peers-file) or a deployment's on-chain registry
+    (--deployment, which also fixes the receipt domain). Returns (registry, domain or None)."""
+    from veriswarm.client import StaticRegistry
+    from veriswarm.errors import ConfigError
+
+    if sum(x is not None for x in (peers, peers_file, deployment)) != 1:
+        raise ConfigError("give exactly one of --peers URL[,URL...], --peers-file FILE or --deployment FILE")
+    if deployment is not None:
+        from veriswarm.client.chain_registry import ChainRegistry
+        from veriswarm.incentives.chain import Deployment
+
+        dep = Deployment.load(deployment)
+        return ChainRegistry(dep.rpc_url, dep.staking), dep.domain
+    if peers is not None:
+        return StaticRegistry.from_urls(peers), None
+    assert peers_file is not None
+    return StaticRegistry.from_file(peers_file), None

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import default_model_dir, ensure_default_split, home, one_line_errors, split_with_progress
+from .common import default_model_dir, ensure_default_split, home, one_line_errors, resolve_registry, split_with_progress
 
 app = typer.Typer(help="veriswarm: verifiable decentralized LLM inference", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -124,17 +124,16 @@ def generate_cmd(
     stop: Annotated[list[str] | None, typer.Option("--stop", help="stop string (repeatable)")] = None,
     raw: Annotated[bool, typer.Option("--raw", help="no chat template: complete the text as is")] = False,
     receipts: Annotated[Path | None, typer.Option("--receipts", help="append checked receipts to this JSONL file")] = None,
+    deployment: Annotated[Path | None, typer.Option("--deployment", help="find nodes in this deployment's on-chain "
+                                                    "registry (instead of --peers)")] = None,
 ) -> None:
     """Generate text through the swarm, streaming to the terminal."""
-    from veriswarm.client import Client, StaticRegistry
-    from veriswarm.errors import ConfigError
+    from veriswarm.client import Client
     from veriswarm.sinks import JsonlSink
 
-    if (peers is None) == (peers_file is None):
-        raise ConfigError("give exactly one of --peers URL[,URL...] or --peers-file FILE")
-    registry = StaticRegistry.from_urls(peers) if peers is not None else StaticRegistry.from_file(peers_file)
+    registry, domain = resolve_registry(peers, peers_file, deployment)
     sink = JsonlSink(receipts) if receipts else None
-    with Client(model_dir or default_model_dir(), registry, sink=sink) as client:
+    with Client(model_dir or default_model_dir(), registry, sink=sink, domain=domain) as client:
         kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                       seed=seed, stop=stop or ())
         pieces = client.stream(prompt, **kwargs) if raw else client.stream(
