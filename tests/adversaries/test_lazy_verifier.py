@@ -1,0 +1,60 @@
+"""Honeypots: a verifier that re-executes catches the planted fault; a lazy one (approves everything
+without computing) is caught approving a known-bad session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from veriswarm.manifest import ModelDir
+from veriswarm.receipts import ReceiptDomain
+from veriswarm.split.artifacts import load_shard
+from veriswarm.verifier.core import Verifier, VerifierConfig
+from veriswarm.verifier.honeypot import judge, make_honeypot
+from veriswarm.verifier.reexec import SessionVerdict, StepCheck
+
+
+class LazyVerifier(Verifier):
+    """A misbehaving verifier: reports every audited session as passed without re-executing it."""
+
+    def audit_due(self, *, force: bool = False) -> list[SessionVerdict]:
+        with self._lock:
+            batches = list(self._pending.items())
+            self._pending.clear()
+        out = []
+        for (session, shard, node), pending in batches:
+            steps = [StepCheck(s, r.receipt.receipt_id(), 0.0, 1.0) for s, r in sorted(pending.records.items())]
+            verdict = SessionVerdict(node, self.manifest.hash, shard, session, steps)
+            self.verdicts.append({"node": node, "shard": shard, "session": session, "passed": True,
+                                  "summary": "pass (not checked)"})
+            out.append(verdict)
+        return out
+
+
+def _pots(tiny_dir: Path, n: int) -> list:  # type: ignore[type-arg]
+    md = ModelDir.open(tiny_dir)
+    shard = load_shard(md, 1)
+    key = os.urandom(32)
+    return [make_honeypot(shard, 1, md.manifest.hash, key, domain=ReceiptDomain(), seed=i) for i in range(n)]
+
+
+def test_an_honest_verifier_catches_every_honeypot(tiny_dir: Path) -> None:
+    verifier = Verifier(ModelDir.open(tiny_dir), config=VerifierConfig(audit_rate=1.0))
+    pots = _pots(tiny_dir, 5)
+    for pot in pots:
+        for rec in pot.records:
+            verifier.submit(rec)
+    found = {v.session_id: v for v in verifier.audit_due(force=True)}
+    for pot in pots:
+        assert judge(pot, list(verifier.verdicts)) == "caught"
+        first = found[pot.session_id].first_failure
+        assert first is not None and first.step == pot.planted_step
+
+
+def test_a_lazy_verifier_is_caught_approving_a_planted_fault(tiny_dir: Path) -> None:
+    lazy = LazyVerifier(ModelDir.open(tiny_dir), config=VerifierConfig(audit_rate=1.0))
+    pot = _pots(tiny_dir, 1)[0]
+    for rec in pot.records:
+        lazy.submit(rec)
+    lazy.audit_due(force=True)
+    assert judge(pot, list(lazy.verdicts)) == "approved"
