@@ -18,6 +18,7 @@ from torch import nn
 from veriswarm.manifest import ModelConfig
 
 from .kvcache import KVCache
+from .svd_kernels import half_linear
 
 
 class RMSNorm(nn.Module):
@@ -97,7 +98,14 @@ class LowRankLinear(nn.Module):
 
 
 def build_linear(sd: Mapping[str, torch.Tensor], prefix: str) -> nn.Module:
-    """A dense linear from ``prefix.weight`` or a low-rank one from ``prefix.u``/``prefix.v``."""
+    """A dense linear from ``prefix.weight`` or a low-rank one from ``prefix.u``/``prefix.v``.
+
+    fp16 weights or factors (SVD-compressed shards, see ``svd_kernels``) get fp16 modules; fp32 ones
+    take the paths below unchanged.
+    """
+    half = half_linear(sd, prefix)
+    if half is not None:
+        return half
     bias = sd.get(f"{prefix}.bias")
     if f"{prefix}.weight" in sd:
         w = sd[f"{prefix}.weight"]

@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import save_file
@@ -17,6 +17,9 @@ from veriswarm.errors import ConfigError
 from veriswarm.manifest import MANIFEST_FILE, Artifact, Manifest, ModelConfig, ShardSpec, file_sha256
 
 from .sources import ModelSource, config_from_hf, load_hf, resolve_source
+
+if TYPE_CHECKING:
+    from .svd import CompressedModel
 
 Progress = Callable[[str, int, int], None]
 
@@ -89,9 +92,13 @@ def write_model_dir(
     num_shards: int,
     source: dict[str, Any],
     progress: Progress | None = None,
+    svd: CompressedModel | None = None,
 ) -> Manifest:
-    """Write blobs/, tokenizer/ and manifest.json for a dense split; return the manifest."""
+    """Write blobs/, tokenizer/ and manifest.json for a dense split (or an SVD-compressed one); return the manifest."""
     sd = _strip_prefix(state_dict)
+    if svd is not None:  # compressed linear weights replace the dense ones; the manifest records the plan
+        sd = svd.apply(sd)
+        source = {**source, "svd": svd.describe()}
     ranges = plan_layers(cfg.num_hidden_layers, num_shards)
     out.mkdir(parents=True, exist_ok=True)
     blobs = out / "blobs"
@@ -102,9 +109,15 @@ def write_model_dir(
     shards = []
     for i, (start, end) in enumerate(ranges):
         report(f"shard {i} (layers {start}-{end - 1})", i + 1, total)
-        art = write_blob(layer_tensors(sd, start, end), blobs,
-                         {"kind": "shard", "index": str(i), "layers": f"{start}:{end}"})
-        shards.append(ShardSpec(index=i, layer_start=start, layer_end=end, artifact=art))
+        meta = {"kind": "shard", "index": str(i), "layers": f"{start}:{end}"}
+        if svd is not None:
+            meta["format"] = svd.format
+        art = write_blob(layer_tensors(sd, start, end), blobs, meta)
+        if svd is None:
+            shards.append(ShardSpec(index=i, layer_start=start, layer_end=end, artifact=art))
+        else:
+            shards.append(ShardSpec(index=i, layer_start=start, layer_end=end, artifact=art, format=svd.format,
+                                    matrices=svd.matrices(start, end)))
     report("tokenizer", num_shards + 1, total)
     tok_dir = out / "tokenizer"
     if tok_dir.exists():
@@ -119,13 +132,20 @@ def write_model_dir(
 
 
 def split_model(spec: str | os.PathLike[str] | None, num_shards: int, out: Path,
-                progress: Progress | None = None) -> Manifest:
-    """Load a model from local files and write a dense split of it to ``out``."""
+                progress: Progress | None = None, svd: str | None = None) -> Manifest:
+    """Load a model from local files and write a dense split of it to ``out`` (SVD-compressed with ``svd``)."""
+    from .svd import SvdOptions, compress_model
+
+    options = None if svd is None else SvdOptions.parse(svd)  # a bad --svd fails before loading anything
     source: ModelSource = resolve_source(spec)
     if progress:
         progress("loading model", 0, num_shards + 2)
     model, tokenizer = load_hf(source)
     cfg = config_from_hf(model.config)
+    compressed = None
+    if options is not None:
+        plan_layers(cfg.num_hidden_layers, num_shards)  # a bad --shards fails before the long compression
+        compressed = compress_model(cfg, _strip_prefix(model.state_dict()), tokenizer, options, progress)
     return write_model_dir(out=out, name=source.name, cfg=cfg, state_dict=model.state_dict(),
                            tokenizer=tokenizer, num_shards=num_shards, source=source.describe(),
-                           progress=progress)
+                           progress=progress, svd=compressed)
