@@ -124,35 +124,8 @@ class Ledger:
 
     # ---- verification outcomes ----------------------------------------------------------
     def record_outcome(self, receipt_id: str, verifier: str, outcome: str, detail: str = "") -> NodeState:
-        """Record an audit outcome and update the node: pass/miss move reputation; a fault excludes."""
-        if outcome not in OUTCOMES:
-            raise LedgerError(f"outcome must be one of {OUTCOMES}, got {outcome!r}")
-        with self._sessions.begin() as s:
-            receipt = s.get(ReceiptRow, receipt_id)
-            if receipt is None:
-                raise LedgerError(f"unknown receipt {receipt_id}")
-            s.add(VerificationRow(receipt_id=receipt_id, verifier=verifier, outcome=outcome, detail=detail[:500]))
-            try:
-                s.flush()
-            except IntegrityError:
-                raise LedgerError(f"verifier {verifier} already recorded an outcome for {receipt_id}") from None
-            node = s.get(NodeRow, receipt.node_address, with_for_update=True)
-            assert node is not None  # foreign key
-            if outcome == "pass":
-                receipt.status = "verified" if receipt.status != "failed" else "failed"
-                node.audits_passed += 1
-                node.reputation = updated_reputation(node.reputation, True, self.params)
-            else:
-                node.audits_failed += 1
-                node.reputation = updated_reputation(node.reputation, False, self.params)
-                if outcome == "fault":
-                    receipt.status = "failed"
-            if node.status == "active":
-                if outcome == "fault":
-                    node.status, node.excluded_reason = "excluded", f"proven fault on {receipt_id}"
-                elif excluded(node.reputation, self.params):
-                    node.status, node.excluded_reason = "excluded", f"reputation {node.reputation:.3f} below floor"
-            return _state(node)
+        """Record an audit outcome for one receipt: pass/miss move reputation; a fault excludes."""
+        return self.record_audit([receipt_id], verifier, outcome, detail)
 
     def record_audit(self, receipt_ids: list[str], verifier: str, outcome: str, detail: str = "") -> NodeState:
         """One audit covering several receipts of one node (a re-executed session): each receipt gets the
@@ -164,8 +137,9 @@ class Ledger:
             raise LedgerError("an audit covers at least one receipt")
         with self._sessions.begin() as s:
             rows = [s.get(ReceiptRow, rid) for rid in receipt_ids]
-            if any(r is None for r in rows):
-                raise LedgerError("audit names an unknown receipt")
+            missing = [rid for rid, r in zip(receipt_ids, rows, strict=True) if r is None]
+            if missing:
+                raise LedgerError(f"unknown receipt {missing[0]}")
             nodes = {r.node_address for r in rows if r is not None}
             if len(nodes) != 1:
                 raise LedgerError("an audit covers receipts of exactly one node")
@@ -174,7 +148,8 @@ class Ledger:
             try:
                 s.flush()
             except IntegrityError:
-                raise LedgerError(f"verifier {verifier} already audited one of these receipts") from None
+                which = receipt_ids[0] if len(receipt_ids) == 1 else f"one of {len(receipt_ids)} receipts"
+                raise LedgerError(f"verifier {verifier} already recorded an outcome for {which}") from None
             for row in rows:
                 assert row is not None
                 if outcome == "fault":
