@@ -109,21 +109,12 @@ class LocalSwarm:
         if node.alive():
             return
         node.proc = self._popen(node.shard, node.port, node.key_file, node.log_file)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if not node.alive():
-                raise ConfigError(f"node for shard {node.shard} exited during restart:\n{node.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"{node.url}/health", timeout=1) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.1)
-        raise ConfigError(f"node {node.url} did not come back within {timeout_s:.0f}s")
+        self.wait_ready(timeout_s, [node])
 
-    def wait_ready(self, timeout_s: float) -> None:
+    def wait_ready(self, timeout_s: float, nodes: list[NodeProcess] | None = None) -> None:
+        """Wait until every node (default: all) answers /health; one clear error if one dies or times out."""
         deadline = time.monotonic() + timeout_s
-        pending = list(self.nodes)
+        pending = list(self.nodes if nodes is None else nodes)
         while pending:
             for node in list(pending):
                 if not node.alive():
