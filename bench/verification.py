@@ -29,44 +29,25 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from veriswarm.frames import encode_tensor, sha256
 from veriswarm.incentives.mechanism import IncentiveParams, audit_probability
 from veriswarm.manifest import ModelDir
-from veriswarm.receipts import Receipt, ReceiptDomain, address_of, context_seed, hex32, next_context
+from veriswarm.receipts import ReceiptDomain, hex32
 from veriswarm.sinks import HopRecord
 from veriswarm.split.artifacts import load_head, load_shard
 from veriswarm.split.modeling import ShardModel
 from veriswarm.split.partition import write_model_dir
 from veriswarm.split.sources import config_from_hf, load_hf, resolve_source
+from veriswarm.verifier.honeypot import Corrupt, signed_session
 from veriswarm.verifier.reexec import reexecute_session
 from veriswarm.verifier.sampling import AuditBeacon
 
 KEY = bytes.fromhex("5a" * 32)
 DOMAIN = ReceiptDomain()
-Corrupt = Callable[[int, torch.Tensor, ShardModel, object], torch.Tensor]
 
 
 def run_session(shard: ShardModel, index: int, manifest_hash: str, x: torch.Tensor, prompt: int,
                 corrupt: Corrupt | None = None) -> tuple[list[HopRecord], float]:
-    """Serve one session on a shard as a node does (prefill, then one position per step), signing receipts."""
-    session = hex32(os.urandom(32))
-    cache = shard.new_cache(x.shape[1])
-    ctx = context_seed(manifest_hash, index, session)
-    records, elapsed = [], 0.0
-    chunks = [(0, prompt)] + [(p, p + 1) for p in range(prompt, x.shape[1])]
-    for step, (a, b) in enumerate(chunks):
-        inp = x[:, a:b].contiguous()
-        t0 = time.perf_counter()
-        out = shard(inp, a, cache)
-        elapsed += time.perf_counter() - t0
-        if corrupt is not None:
-            out = corrupt(step, out, shard, cache)
-        fin, fout = encode_tensor(inp), encode_tensor(out)
-        ctx = next_context(ctx, sha256(fin))
-        r = Receipt(manifest_hash, index, session, step, a, b - a, hex32(sha256(fin)), hex32(ctx),
-                    hex32(sha256(fout)), hex32(os.urandom(32)), 0).signed(KEY, DOMAIN)
-        records.append(HopRecord(r, "bench", address_of(KEY), fin, fout))
-    return records, elapsed
+    return signed_session(shard, index, manifest_hash, x, prompt, KEY, domain=DOMAIN, corrupt=corrupt, node_url="bench")
 
 
 def attacks(md: ModelDir) -> dict[str, tuple[Corrupt | None, Callable[[ShardModel], ShardModel] | None]]:
