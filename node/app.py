@@ -14,6 +14,7 @@ import weakref
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -69,7 +70,7 @@ class NodeState:
     def manifest_hash(self) -> str:
         return self.manifest.hash
 
-    @property
+    @cached_property
     def address(self) -> str:
         return address_of(self.private_key)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -126,8 +127,9 @@ class Manifest:
     def canonical_json(self) -> bytes:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
-    @property
+    @cached_property
     def hash(self) -> ManifestHash:
+        # Cached: the manifest is immutable, and nodes compare against it on every request.
         return ManifestHash("0x" + hashlib.sha256(self.canonical_json()).hexdigest())
 
     def shard(self, index: int) -> ShardSpec:
