@@ -102,10 +102,6 @@ class AsyncClient:
         return self._http
 
     # ---- routing -------------------------------------------------------------------------
-    async def route(self) -> list[ResolvedPeer]:
-        """The replica each shard would use now (best first), checked against the manifest and domain."""
-        return [c[0] for c in await self.router.plan(self._session())]
-
     def _chain(self, plan: list[list[ResolvedPeer]], sink: ReceiptSink, session_id: str | None = None) -> ChainSession:
         return ChainSession(self._session(), plan, manifest_hash=self.manifest_hash, domain=self.domain, sink=sink,
                             router=self.router, timeout_s=self.timeout_s, wire_dtype=self.wire_dtype,

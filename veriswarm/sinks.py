@@ -60,9 +60,11 @@ class HttpSink:
         self._thread.start()
 
     def submit(self, record: HopRecord) -> None:
+        import queue
+
         try:
             self._queue.put_nowait(record)
-        except Exception:
+        except queue.Full:
             self.failed += 1  # queue full: the verifier is not keeping up; drop rather than stall generation
 
     def _run(self) -> None:
