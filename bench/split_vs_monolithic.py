@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--shards", type=int, default=4)
+    ap.add_argument("--node-threads", type=int, default=0, help="torch threads per node process (0: default)")
     args = ap.parse_args()
 
     source = resolve_source(None)
@@ -56,7 +57,7 @@ def main() -> None:
         model_dir = Path(tmp) / "model"
         write_model_dir(out=model_dir, name=source.name, cfg=config_from_hf(model.config),
                         state_dict=model.state_dict(), tokenizer=tok, num_shards=args.shards, source=source.describe())
-        with LocalSwarm(model_dir=model_dir, workdir=Path(tmp) / "swarm") as swarm, \
+        with LocalSwarm(model_dir=model_dir, workdir=Path(tmp) / "swarm", torch_threads=args.node_threads) as swarm, \
                 Client(model_dir, swarm.urls) as client:
             ids = client._async.encode_chat(PROMPT)
             # Warm both paths (allocations, first-call overheads) before measuring.
