@@ -54,7 +54,7 @@ class LocalSwarm:
     replicas: int = 1
     host: str = "127.0.0.1"
     base_port: int = 0  # 0: pick free ports
-    torch_threads: int = 0
+    torch_threads: int = 1  # several node processes share this machine: one intra-op thread each (0: torch default)
     extra_args: list[str] = field(default_factory=list)
     #: per-shard command replacing `python -m veriswarm.cli node start` (e.g. a misbehaving node in attack tests)
     commands: dict[int, list[str]] = field(default_factory=dict)
