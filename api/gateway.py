@@ -4,6 +4,7 @@
 events ending with ``data: [DONE]``) and not. Every response also says what served it: the manifest hash,
 the chain of node addresses, and the ids of the checked receipts (the ``veriswarm`` field, and the
 ``X-Veriswarm-Manifest`` / ``X-Veriswarm-Route`` headers), so an app can look up verification verdicts.
+``GET /dashboard`` is a live view of the swarm (api/dashboard.py).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from aiohttp.typedefs import Handler
 from veriswarm.client import AsyncClient, Generation, SamplingParams
 from veriswarm.errors import ConfigError, ReceiptError, RemoteError
 
+from .dashboard import add_dashboard
 from .openai_types import ApiError, ChatRequest, CompletionRequest, parse
+from .swarm_view import DashboardSources, RequestLog
 
 log = logging.getLogger("veriswarm.api")
 
@@ -38,6 +41,7 @@ class GatewayConfig:
     max_body_bytes: int = 1024 * 1024
     default_max_tokens: int = 256
     model_id: str = ""  # default: the manifest's model name
+    dashboard: bool = True  # GET /dashboard: public, read only (no API key), like /health
 
     def check(self) -> None:
         if not self.api_keys and not _is_loopback(self.host):
@@ -80,6 +84,7 @@ class RateLimiter:
 CLIENT = web.AppKey("client", AsyncClient)
 CONFIG = web.AppKey("config", GatewayConfig)
 LIMITER = web.AppKey("limiter", RateLimiter)
+REQUESTS = web.AppKey("requests", RequestLog)
 
 
 @web.middleware
@@ -165,6 +170,7 @@ def _usage(gen: Generation) -> dict[str, int]:
 async def _run(request: web.Request, ids: list[int], body: ChatRequest | CompletionRequest, max_tokens: int,
                chat: bool) -> web.StreamResponse:
     client = request.app[CLIENT]
+    started = time.perf_counter()
     params = SamplingParams(temperature=body.temperature, top_p=body.top_p, seed=body.seed)
     gen = Generation("", [], len(ids), "length", [])
     rid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
@@ -175,6 +181,7 @@ async def _run(request: web.Request, ids: list[int], body: ChatRequest | Complet
     if not body.stream:
         async for _ in events:
             pass
+        request.app[REQUESTS].record(len(gen.token_ids), time.perf_counter() - started)
         choice: dict[str, Any] = {"index": 0, "finish_reason": gen.finish_reason}
         if chat:
             choice["message"] = {"role": "assistant", "content": gen.text}
@@ -207,6 +214,7 @@ async def _run(request: web.Request, ids: list[int], body: ChatRequest | Complet
         async for event in events:
             if event.text:
                 await resp.write(chunk(event.text))
+        request.app[REQUESTS].record(len(gen.token_ids), time.perf_counter() - started)
         await resp.write(chunk(None, gen.finish_reason, veriswarm=_extension(client, gen)))
         if body.stream_options and body.stream_options.include_usage:
             await resp.write(b"data: " + json.dumps({"id": rid, "object": chunk_obj, "created": created,
@@ -250,7 +258,7 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def make_app(*, client: AsyncClient, config: GatewayConfig) -> web.Application:
+def make_app(*, client: AsyncClient, config: GatewayConfig, dashboard: DashboardSources | None = None) -> web.Application:
     config.check()
     if not config.model_id:
         config.model_id = client.manifest.model_name
@@ -258,6 +266,10 @@ def make_app(*, client: AsyncClient, config: GatewayConfig) -> web.Application:
     app[CLIENT] = client
     app[CONFIG] = config
     app[LIMITER] = RateLimiter(config.requests_per_minute, config.burst)
+    sources = dashboard or DashboardSources()
+    app[REQUESTS] = sources.requests
+    if config.dashboard:
+        add_dashboard(app, client, sources)
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
@@ -270,12 +282,14 @@ def make_app(*, client: AsyncClient, config: GatewayConfig) -> web.Application:
     return app
 
 
-def serve(client_factory: Any, config: GatewayConfig) -> None:
+def serve(client_factory: Any, config: GatewayConfig, dashboard: DashboardSources | None = None) -> None:
     """Run the gateway until interrupted (the client is built inside the server's event loop)."""
     config.check()
 
     async def build() -> web.Application:
-        return make_app(client=client_factory(), config=config)
+        return make_app(client=client_factory(), config=config, dashboard=dashboard)
 
     print(f"veriswarm api ready: http://{config.host}:{config.port}/v1", flush=True)
+    if config.dashboard:
+        print(f"veriswarm dashboard: http://{config.host}:{config.port}/dashboard", flush=True)
     web.run_app(build(), host=config.host, port=config.port, print=None)

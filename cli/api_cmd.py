@@ -27,15 +27,22 @@ def api_serve(
     verifier: Annotated[str | None, typer.Option("--verifier", help="verifier URL to send checked hops to")] = None,
     deployment: Annotated[Path | None, typer.Option("--deployment", help="find nodes in this deployment's on-chain "
                                                     "registry (instead of --peers)")] = None,
+    ledger: Annotated[str | None, typer.Option("--ledger", help="ledger database URL to show reputation, slashes and "
+                                               "rewards on the dashboard (read only)")] = None,
+    dashboard: Annotated[bool, typer.Option("--dashboard/--no-dashboard", help="serve the live swarm view at "
+                                            "/dashboard")] = True,
 ) -> None:
-    """Serve /v1/models, /v1/chat/completions and /v1/completions (streaming and not)."""
+    """Serve /v1/models, /v1/chat/completions and /v1/completions (streaming and not), and /dashboard."""
     from veriswarm.api.gateway import GatewayConfig, serve
+    from veriswarm.api.swarm_view import dashboard_sources
     from veriswarm.client import AsyncClient
     from veriswarm.sinks import HttpSink
 
     registry, domain = resolve_registry(peers, peers_file, deployment)
     keys = tuple(api_key or ()) + tuple(k for k in os.environ.get("VERISWARM_API_KEYS", "").split(",") if k)
-    config = GatewayConfig(host=host, port=port, api_keys=keys, requests_per_minute=requests_per_minute)
+    config = GatewayConfig(host=host, port=port, api_keys=keys, requests_per_minute=requests_per_minute,
+                           dashboard=dashboard)
     config.check()
+    sources = dashboard_sources(ledger_url=ledger, verifier_url=verifier, deployment=deployment)
     sink = HttpSink(verifier) if verifier else None
-    serve(lambda: AsyncClient(model_dir or default_model_dir(), registry, sink=sink, domain=domain), config)
+    serve(lambda: AsyncClient(model_dir or default_model_dir(), registry, sink=sink, domain=domain), config, sources)

@@ -48,6 +48,18 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes] | None, log: Path | None,
     raise RuntimeError(f"{url} did not answer within {timeout_s:.0f}s")
 
 
+def _dashboard_line(gurl: str) -> str:
+    """What the dashboard shows now, in one line (the page at /dashboard reads the same JSON)."""
+    state = json.loads(urllib.request.urlopen(f"{gurl}/dashboard/state.json", timeout=30).read())
+    nodes = [n for s in state["shards"] for n in s["nodes"]]
+    staked = sum(1 for n in nodes if (n.get("stake") or {}).get("stake_wei"))
+    verdicts = len(state["verifier"].get("verdicts", []))
+    return (f"[dashboard] {sum(s['coverage'] != 'none' for s in state['shards'])}/{len(state['shards'])} shards "
+            f"covered, {sum(n['state'] == 'ok' for n in nodes)} node(s) live, {staked} with stake on chain, "
+            f"{verdicts} verdict(s), {len(state['ledger'].get('epochs', []))} epoch(s), "
+            f"{state['throughput']['requests']} request(s) at {state['throughput']['tokens_per_s']} tokens/s")
+
+
 class _VerifierThread:
     """The verifier service on its own event loop in a thread of this process."""
 
@@ -120,11 +132,12 @@ def run_demo(model_dir: Path, workdir: Path, *, prompt: str, max_new_tokens: int
         with glog.open("wb") as fh:
             gateway = subprocess.Popen([sys.executable, "-m", "veriswarm.cli", "api", "serve", "--model-dir",
                                         str(model_dir), "--deployment", str(dep_file), "--port", str(gport),
-                                        "--verifier", vurl], stdout=fh, stderr=subprocess.STDOUT)
+                                        "--verifier", vurl, "--ledger", ledger.url], stdout=fh, stderr=subprocess.STDOUT)
         gurl = f"http://127.0.0.1:{gport}"
         _wait_http(f"{gurl}/health", gateway, glog)
         echo(f"[gateway]  OpenAI-compatible API at {gurl}/v1 (nodes from the on-chain registry); up in "
-             f"{time.perf_counter() - t0:.1f}s\n")
+             f"{time.perf_counter() - t0:.1f}s")
+        echo(f"[gateway]  live swarm dashboard at {gurl}/dashboard\n")
 
         models = json.loads(urllib.request.urlopen(f"{gurl}/v1/models").read())["data"]
         echo(f"> {prompt}")
@@ -164,8 +177,10 @@ def run_demo(model_dir: Path, workdir: Path, *, prompt: str, max_new_tokens: int
         paid, receipt = claim(ledger, dep, epoch, key)
         echo(f"[claim]    {first.address} claimed {paid / ETHER:.6f} ETH with a Merkle proof "
              f"(balance {before / ETHER:.4f} → {dep.chain().balance(first.address) / ETHER:.4f} ETH, gas paid)")
+        echo(_dashboard_line(gurl))
         if serve:
-            echo(f"\nserving: gateway {gurl}/v1, verifier {vurl}, chain {dep.rpc_url}; press Ctrl-C to stop")
+            echo(f"\nserving: gateway {gurl}/v1, dashboard {gurl}/dashboard, verifier {vurl}, chain {dep.rpc_url}; "
+                 "press Ctrl-C to stop")
             try:
                 signal.pause()
             except KeyboardInterrupt:

@@ -359,10 +359,12 @@ def demo_cmd(
 
 
 from .api_cmd import api_app  # noqa: E402
+from .dashboard_cmd import dashboard_cmd  # noqa: E402
 from .swarm_cmd import swarm_app  # noqa: E402
 from .verifier_cmd import verifier_app  # noqa: E402
 
 app.add_typer(api_app, name="api")
+app.command("dashboard")(dashboard_cmd)
 app.add_typer(verifier_app, name="verifier")
 app.add_typer(swarm_app, name="swarm")
 

