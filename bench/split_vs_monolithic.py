@@ -3,7 +3,8 @@
 Prints a human-readable table and, last, one JSON line:
     {"split_tok_s", "mono_tok_s", "ratio", "ttft_s", ...}
 tok/s = generated tokens / wall time of the whole generation (prefill included), median of the runs,
-the two paths interleaved so that drift on the machine hits both alike.
+the paths interleaved so that drift on the machine hits them alike. ``split`` is the default path
+(server-to-server relay); the client-mediated path (the client forwards between hops) is measured too.
 """
 
 from __future__ import annotations
@@ -58,28 +59,35 @@ def main() -> None:
         write_model_dir(out=model_dir, name=source.name, cfg=config_from_hf(model.config),
                         state_dict=model.state_dict(), tokenizer=tok, num_shards=args.shards, source=source.describe())
         with LocalSwarm(model_dir=model_dir, workdir=Path(tmp) / "swarm", torch_threads=args.node_threads) as swarm, \
-                Client(model_dir, swarm.urls) as client:
+                Client(model_dir, swarm.urls) as client, Client(model_dir, swarm.urls, relay=False) as direct:
             ids = client._async.encode_chat(PROMPT)
-            # Warm both paths (allocations, first-call overheads) before measuring.
+            # Warm every path (allocations, first-call overheads, relay links) before measuring.
             client.generate_ids(ids, max_new_tokens=4, ignore_eos=True)
+            direct.generate_ids(ids, max_new_tokens=4, ignore_eos=True)
             mono_run(model, ids, 4)
-            split_tok_s, mono_tok_s, split_ttft, mono_ttft = [], [], [], []
+            split_tok_s, mono_tok_s, split_ttft, mono_ttft, direct_tok_s = [], [], [], [], []
             for _ in range(args.runs):
                 g = client.generate_ids(ids, max_new_tokens=args.tokens, ignore_eos=True)
-                assert len(g.token_ids) == args.tokens
+                assert len(g.token_ids) == args.tokens and g.relayed_steps == args.tokens
                 split_tok_s.append(args.tokens / g.total_s)
                 split_ttft.append(g.ttft_s)
+                d = direct.generate_ids(ids, max_new_tokens=args.tokens, ignore_eos=True)
+                assert d.token_ids == g.token_ids and d.relayed_steps == 0
+                direct_tok_s.append(args.tokens / d.total_s)
                 total, ttft = mono_run(model, ids, args.tokens)
                 mono_tok_s.append(args.tokens / total)
                 mono_ttft.append(ttft)
-    s, m = statistics.median(split_tok_s), statistics.median(mono_tok_s)
+    s, m, dm = statistics.median(split_tok_s), statistics.median(mono_tok_s), statistics.median(direct_tok_s)
     print(f"prompt tokens {len(ids)}, generated {args.tokens}, shards {args.shards}, runs {args.runs}, "
           f"torch threads {torch.get_num_threads()}, cores {os.cpu_count()}")
-    print(f"split      {s:7.2f} tok/s   ttft {statistics.median(split_ttft) * 1000:7.1f} ms   runs {[round(v, 1) for v in split_tok_s]}")
+    print(f"split, relay {s:7.2f} tok/s   ttft {statistics.median(split_ttft) * 1000:7.1f} ms   runs {[round(v, 1) for v in split_tok_s]}")
+    print(f"split, client-mediated {dm:7.2f} tok/s   runs {[round(v, 1) for v in direct_tok_s]}")
     print(f"monolithic {m:7.2f} tok/s   ttft {statistics.median(mono_ttft) * 1000:7.1f} ms   runs {[round(v, 1) for v in mono_tok_s]}")
     print(json.dumps({"split_tok_s": round(s, 3), "mono_tok_s": round(m, 3), "ratio": round(s / m, 4),
                       "ttft_s": round(statistics.median(split_ttft), 4),
-                      "mono_ttft_s": round(statistics.median(mono_ttft), 4), "tokens": args.tokens,
+                      "mono_ttft_s": round(statistics.median(mono_ttft), 4),
+                      "client_mediated_tok_s": round(dm, 3), "client_mediated_ratio": round(dm / m, 4),
+                      "load_avg_1m": round(os.getloadavg()[0], 2), "tokens": args.tokens,
                       "shards": args.shards, "runs": args.runs}))
 
 

@@ -2,9 +2,9 @@
 node's link delayed by 25 ms each way (a delay relay: this kernel has no netem).
 
 limit_ms_per_token = the one-way delays a token must cross on its path + the compute measured for the
-same generation on loopback in this run. Client-mediated path: the client sends to and hears from each of
-the 4 nodes per token: 8 crossings. Prints one JSON line.
-(The server-to-server relay path is not built yet; only the client-mediated path is measured.)
+same generation on loopback in this run (with relay, the default path). Relay path: client -> n0 -> n1 ->
+n2 -> n3 -> client, 5 crossings; client-mediated path: to and from each of the 4 nodes, 8 crossings.
+Prints one JSON line: the relay path's figures, with the client-mediated ones under "client_mediated".
 """
 
 from __future__ import annotations
@@ -48,16 +48,17 @@ def main() -> None:
             reference = g.token_ids
     compute = statistics.median(local)
     wan = run_wan(model_dir, tmp / "wan", delay_ms=args.delay_ms, prompt_ids=ids, tokens=args.tokens, runs=args.runs)
-    crossings = 2 * 4
-    limit = crossings * args.delay_ms + compute
-    print(f"loopback compute+overhead {compute:.1f} ms/token; WAN client-mediated {wan['ms_per_token']:.1f} ms/token; "
-          f"limit {limit:.1f} ms/token ({crossings} x {args.delay_ms} ms + compute); same text: "
-          f"{wan['token_ids'] == reference}")
-    print(json.dumps({"path": "client-mediated", "ms_per_token": round(wan["ms_per_token"], 2),
-                      "limit_ms_per_token": round(limit, 2), "ratio": round(wan["ms_per_token"] / limit, 4),
+    # One-way crossings per token: relay goes client -> n0 -> n1 -> n2 -> n3 -> client (shards + 1);
+    # client-mediated goes to and back from every node (2 x shards).
+    out = {}
+    for path, crossings in (("relay", 4 + 1), ("client_mediated", 2 * 4)):
+        limit = crossings * args.delay_ms + compute
+        r = wan[path]
+        print(f"{path:16s} {r['ms_per_token']:7.1f} ms/token; limit {limit:.1f} ({crossings} x {args.delay_ms:g} ms + "
+              f"compute {compute:.1f}); ratio {r['ms_per_token'] / limit:.3f}; same text: {r['token_ids'] == reference}")
+        out[path] = {"ms_per_token": round(r["ms_per_token"], 2), "limit_ms_per_token": round(limit, 2),
+                     "ratio": round(r["ms_per_token"] / limit, 4), "crossings": crossings,
+                     "same_text": r["token_ids"] == reference}
+    print(json.dumps({**out["relay"], "client_mediated": out["client_mediated"],
                       "loopback_ms_per_token": round(compute, 2), "delay_ms_one_way": args.delay_ms,
-                      "same_text": wan["token_ids"] == reference, "relay": "not implemented"}))
-
-
-if __name__ == "__main__":
-    main()
+                      "load_avg_1m": round(os.getloadavg()[0], 2)}))

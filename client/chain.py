@@ -3,6 +3,7 @@ failing node is replaced mid-generation by another replica whose KV cache is reb
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -14,6 +15,7 @@ import torch
 from veriswarm.checks import Expected, check_receipt
 from veriswarm.errors import ProtocolError, ReceiptError, RemoteError
 from veriswarm.frames import DTYPE_NAMES, decode_tensor, encode_tensor
+from veriswarm.protocol import ErrorReply, HopOrder, RelayResult, RelayStep, encode_envelope, split_frames
 from veriswarm.receipts import Receipt, ReceiptDomain, context_seed, hex32
 from veriswarm.sinks import HopRecord, ReceiptSink
 
@@ -49,8 +51,8 @@ class ChainSession:
     def __init__(self, http: aiohttp.ClientSession, plan: list[list[ResolvedPeer]], *, manifest_hash: str,
                  domain: ReceiptDomain, sink: ReceiptSink, router: Router | None = None, timeout_s: float = 30.0,
                  wire_dtype: str = "float32", max_frame_bytes: int = 256 * 1024 * 1024,
-                 session_id: str | None = None) -> None:
-        if wire_dtype not in ("float32", "float16", "bfloat16"):
+                 session_id: str | None = None, relay: bool = True, relay_max_frame_bytes: int = 1 << 20) -> None:
+        if wire_dtype not in ("float32", "float16", "bfloat16", "q8"):  # q8: 8-bit, exact outliers (quant8.py)
             raise ValueError(f"wire dtype {wire_dtype!r} is not supported")
         self.http = http
         self.session_id = session_id or hex32(os.urandom(32))
@@ -65,6 +67,12 @@ class ChainSession:
         self.position = 0
         self.max_length = 0
         self.failovers: list[Failover] = []
+        #: server-to-server relay: asked for, and still trusted for this session (a relay that breaks
+        #: its promise, by dropping or altering what it carries, turns it off)
+        self.relay = relay and len(plan) > 1
+        self.relay_max_frame_bytes = relay_max_frame_bytes
+        self.relay_steps = 0
+        self.relay_fallbacks: list[str] = []
 
     @property
     def route(self) -> list[str]:
@@ -81,7 +89,8 @@ class ChainSession:
                 continue
             link = NodeLink(self.http, peer, self.timeout_s)
             try:
-                await link.open(self.manifest_hash, hop.shard_index, self.session_id, self.max_length)
+                await link.open(self.manifest_hash, hop.shard_index, self.session_id, self.max_length,
+                                upstream=self._upstream_of(hop))
             except RemoteError as exc:
                 last = str(exc)
                 exclude.add(peer.url)
@@ -95,13 +104,25 @@ class ChainSession:
         raise RemoteError(f"shard {hop.shard_index}", "no_replica",
                           f"no live replica left for shard {hop.shard_index} (last failure: {last})")
 
+    def _upstream_of(self, hop: _Hop) -> str | None:
+        """The node key this hop may take relayed steps from: the previous hop's current node."""
+        if not self.relay or hop.shard_index == 0:
+            return None
+        prev = self.hops[hop.shard_index - 1].link
+        return prev.peer.address if prev is not None else None
+
+    @property
+    def relay_capable(self) -> bool:
+        return self.relay and all(h.link is not None and h.link.peer.info.relay for h in self.hops)
+
     async def open(self, max_length: int) -> None:
         self.max_length = max_length
         for hop in self.hops:
             await self._connect(hop, exclude=set())
 
-    def _check(self, hop: _Hop, receipt: Receipt, frame: bytes, out_frame: bytes, *, step: int, start: int,
-               nonce: str, shape: tuple[int, ...]) -> tuple[bytes, torch.Tensor]:
+    def _verify(self, hop: _Hop, receipt: Receipt, frame: bytes, out_frame: bytes, *, step: int, start: int,
+                nonce: str, shape: tuple[int, ...]) -> tuple[bytes, torch.Tensor]:
+        """Check one hop's receipt and output (no state changes); return the new context and the output."""
         assert hop.link is not None
         url = hop.link.peer.url
         expected = Expected(address=hop.link.peer.address, manifest_hash=self.manifest_hash,
@@ -114,20 +135,24 @@ class ChainSession:
             raise ReceiptError(f"{url} (shard {hop.shard_index}): {exc}") from None
         if tuple(out.shape) != shape:
             raise ReceiptError(f"{url}: output shape {list(out.shape)} != input {list(shape)}")
-        self.sink.submit(HopRecord(receipt, url, hop.link.peer.address, frame, out_frame))
         return context, out.to(torch.float32)
 
-    async def _run(self, hop: _Hop, frame: bytes, start: int, shape: tuple[int, ...]) -> torch.Tensor:
+    def _commit(self, hop: _Hop, receipt: Receipt, frame: bytes, out_frame: bytes, context: bytes) -> None:
+        assert hop.link is not None
+        self.sink.submit(HopRecord(receipt, hop.link.peer.url, hop.link.peer.address, frame, out_frame))
+        hop.context = context
+        hop.step += 1
+
+    async def _run(self, hop: _Hop, frame: bytes, start: int, shape: tuple[int, ...], nonce: str | None = None) -> torch.Tensor:
         """One checked step on the hop's current node; updates the hop's step and context."""
         assert hop.link is not None
-        nonce = hex32(os.urandom(32))
+        nonce = nonce or hex32(os.urandom(32))
         t0 = time.perf_counter()
         receipt, out_frame = await hop.link.step(self.session_id, hop.step, start, nonce, frame)
-        hop.context, out = self._check(hop, receipt, frame, out_frame, step=hop.step, start=start, nonce=nonce,
-                                       shape=shape)
+        context, out = self._verify(hop, receipt, frame, out_frame, step=hop.step, start=start, nonce=nonce, shape=shape)
         if self.router is not None:
             self.router.observe(hop.link.peer.url, time.perf_counter() - t0)
-        hop.step += 1
+        self._commit(hop, receipt, frame, out_frame, context)
         return out
 
     async def _failover(self, hop: _Hop, failed: NodeLink, reason: str) -> None:
@@ -151,6 +176,7 @@ class ChainSession:
                 await hop.link.close()
                 continue
             break
+        await self._repoint_downstream(hop)
         event = Failover(hop.shard_index, failed.peer.url, hop.link.peer.url, reason, self.position,
                          len(hop.history), time.perf_counter() - t0)
         self.failovers.append(event)
@@ -159,24 +185,147 @@ class ChainSession:
         log.warning("shard %d: failed over from %s to %s after %s (replayed %d steps in %.2fs)",
                     event.shard, event.from_url, event.to_url, reason, event.replayed_steps, event.recovery_s)
 
+    async def _repoint_downstream(self, hop: _Hop) -> None:
+        """The next hop must now take relayed steps from this hop's new node. If it can't be told,
+        relay is off for the session (client-mediated steps need no upstream)."""
+        if not self.relay or hop.shard_index + 1 >= len(self.hops):
+            return
+        nxt = self.hops[hop.shard_index + 1]
+        if nxt.link is None:
+            return
+        try:
+            await nxt.link.set_upstream(self.session_id, self._upstream_of(nxt))
+        except RemoteError as exc:
+            self._relay_off(f"could not re-point shard {nxt.shard_index}'s upstream: {exc}")
+
+    def _relay_off(self, reason: str) -> None:
+        if self.relay:
+            log.warning("session %s…: relay off, client-mediated from now on: %s", self.session_id[:18], reason)
+        self.relay = False
+        self.relay_fallbacks.append(reason)
+
     async def step(self, hidden: torch.Tensor) -> torch.Tensor:
         """Run [1, T, H] hidden states for the next T positions through every shard."""
         start, shape = self.position, tuple(hidden.shape)
-        x = hidden
-        for hop in self.hops:
-            frame = encode_tensor(x.to(self.wire_dtype))
-            while True:
-                link = hop.link
-                assert link is not None
-                try:
-                    out = await self._run(hop, frame, start, shape)
-                    break
-                except (RemoteError, ReceiptError) as exc:
-                    await self._failover(hop, link, str(exc))
-            hop.history.append((frame, start, shape))
-            x = out
+        frame = encode_tensor(hidden, self.wire_dtype)
+        nonces = [hex32(os.urandom(32)) for _ in self.hops]
+        out: torch.Tensor | None = None
+        if self.relay_capable and len(frame) <= self.relay_max_frame_bytes:
+            out = await self._relayed_step(frame, start, shape, nonces)
+        if out is None:
+            # Client-mediated, with the same nonces: a node that already did this step in a relay that
+            # broke further on answers the same request with the same signed result.
+            for hop, nonce in zip(self.hops, nonces, strict=True):
+                while True:
+                    link = hop.link
+                    assert link is not None
+                    try:
+                        out = await self._run(hop, frame, start, shape, nonce)
+                        break
+                    except (RemoteError, ReceiptError) as exc:
+                        await self._failover(hop, link, str(exc))
+                hop.history.append((frame, start, shape))
+                frame = encode_tensor(out, self.wire_dtype)
+        assert out is not None
         self.position = start + shape[1]
-        return x
+        return out
+
+    async def _relayed_step(self, frame: bytes, start: int, shape: tuple[int, ...], nonces: list[str]) -> torch.Tensor | None:
+        """One step node to node: send it to the first hop, take every hop's receipt and frame from
+        the last. Returns None (after saying why) when the relay broke: the caller then asks each
+        node itself."""
+        orders = []
+        for hop, nonce in zip(self.hops, nonces, strict=True):
+            assert hop.link is not None
+            orders.append(HopOrder(shard_index=hop.shard_index, url=hop.link.peer.url, address=hop.link.peer.address,
+                                   step=hop.step, start_pos=start, request_nonce=nonce))
+        first, last = self.hops[0].link, self.hops[-1].link
+        assert first is not None and last is not None
+        t0 = time.perf_counter()
+        try:
+            await first.send(encode_envelope(RelayStep(session_id=self.session_id, orders=orders, receipts=[],
+                                                       frame_sizes=[len(frame)]), frame))
+            receipts, frames = await self._await_relay(orders)
+        except ReceiptError as exc:
+            self._relay_off(f"relayed result is malformed: {exc}")
+            return None
+        except RemoteError as exc:
+            # A node died or could not reach the next one: ask each node this step, keep relaying after
+            # (a failover re-points the relay). A relay refused twice is not a passing fault: stop.
+            self.relay_fallbacks.append(str(exc))
+            log.info("session %s…: relayed step %d broke (%s); asking each node", self.session_id[:18],
+                     self.hops[0].step, exc)
+            if exc.code == "relay_failed" and sum("relay_failed" in r for r in self.relay_fallbacks) >= 2:
+                self._relay_off(f"relayed steps refused twice, last: {exc}")
+            return None
+        # Check everything before anything is committed: a bad chain changes no state.
+        checked = []
+        try:
+            for i, hop in enumerate(self.hops):
+                checked.append(self._verify(hop, receipts[i], frames[i], frames[i + 1], step=hop.step, start=start,
+                                            nonce=nonces[i], shape=shape))
+        except ReceiptError as exc:
+            # Every node checked its upstream's signature, so an altered receipt that gets this far was
+            # altered by a relay: stop trusting relays for this session.
+            self._relay_off(f"relayed chain failed the client's check: {exc}")
+            return None
+        elapsed = time.perf_counter() - t0
+        for i, hop in enumerate(self.hops):
+            self._commit(hop, receipts[i], frames[i], frames[i + 1], checked[i][0])
+            hop.history.append((frames[i], start, shape))
+            if self.router is not None:
+                assert hop.link is not None
+                # The chain's time, shared out: relay gives no per-hop timing the client could trust.
+                self.router.observe(hop.link.peer.url, elapsed / len(self.hops))
+        self.relay_steps += 1
+        return checked[-1][1]
+
+    async def _await_relay(self, orders: list[HopOrder]) -> tuple[list[Receipt], list[bytes]]:
+        """Wait for the last hop's result while watching every link: a node that dies or pushes an
+        error ends the wait at once instead of after the timeout."""
+        links = [h.link for h in self.hops]
+        tasks = {asyncio.create_task(link.receive()): i for i, link in enumerate(links) if link is not None}
+        try:
+            pending = set(tasks)
+            deadline = time.monotonic() + self.timeout_s
+            while pending:
+                done, pending = await asyncio.wait(pending, timeout=max(0.0, deadline - time.monotonic()),
+                                                   return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    raise RemoteError(self.hops[-1].link.peer.url if self.hops[-1].link else "relay", "timeout",
+                                      f"no relayed result within {self.timeout_s:.0f}s")
+                for task in done:
+                    i = tasks.pop(task)
+                    reply, payload = task.result()  # RemoteError: that node's link is gone
+                    if _stale(reply, orders, i):
+                        # A late push about an earlier step that was already settled another way (a relay
+                        # that completed after the client had asked each node itself): not this step's news.
+                        log.debug("session %s…: dropping a stale %s from %s", self.session_id[:18], reply.type, orders[i].url)
+                        link = links[i]
+                        assert link is not None
+                        again = asyncio.create_task(link.receive())
+                        tasks[again] = i
+                        pending.add(again)
+                        continue
+                    if isinstance(reply, ErrorReply):
+                        raise RemoteError(orders[i].url, reply.code, reply.message)
+                    if isinstance(reply, RelayResult) and i == len(links) - 1 and reply.session_id == self.session_id:
+                        if len(reply.receipts) != len(orders):
+                            raise ReceiptError(f"relayed result carries {len(reply.receipts)} receipts for "
+                                               f"{len(orders)} hops")
+                        try:
+                            frames = split_frames(payload, reply.frame_sizes)
+                        except ProtocolError as exc:
+                            raise ReceiptError(f"relayed result: {exc}") from None
+                        return [Receipt.from_json(r) for r in reply.receipts], frames
+                    raise RemoteError(orders[i].url, "bad_reply", f"unexpected {reply.type!r} during a relayed step")
+            raise RemoteError("relay", "closed", "every link closed")
+        finally:
+            for task in tasks:
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
 
     async def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """Stateless: run a whole sequence [1, T, H] through every shard over HTTP (no sessions)."""
@@ -184,15 +333,26 @@ class ChainSession:
         for hop in self.hops:
             link = NodeLink(self.http, hop.candidates[0], self.timeout_s)
             hop.link = link
-            frame = encode_tensor(x.to(self.wire_dtype))
+            frame = encode_tensor(x, self.wire_dtype)
             nonce = hex32(os.urandom(32))
             receipt, out_frame = await link.forward(self.manifest_hash, self.session_id, nonce, frame)
             hop.context = context_seed(self.manifest_hash, hop.shard_index, self.session_id)
             hop.step = 0
-            _, x = self._check(hop, receipt, frame, out_frame, step=0, start=0, nonce=nonce, shape=tuple(x.shape))
+            _, x = self._verify(hop, receipt, frame, out_frame, step=0, start=0, nonce=nonce, shape=tuple(x.shape))
+            self.sink.submit(HopRecord(receipt, link.peer.url, link.peer.address, frame, out_frame))
         return x
 
     async def close(self) -> None:
         for hop in self.hops:
             if hop.link is not None:
                 await hop.link.close(self.session_id)
+
+
+def _stale(reply: object, orders: list[HopOrder], i: int) -> bool:
+    """Is this push about an earlier step than the one ordered now?"""
+    if isinstance(reply, RelayResult):
+        first = reply.receipts[0] if reply.receipts else {}
+        return isinstance(first, dict) and first.get("request_nonce") != orders[0].request_nonce
+    if isinstance(reply, ErrorReply) and reply.code in ("relay_failed", "unknown_session") and reply.step is not None:
+        return reply.step != orders[i].step
+    return False

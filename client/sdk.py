@@ -46,6 +46,8 @@ class Generation:
     records: list[HopRecord] = field(default_factory=list)
     step_logits: list[torch.Tensor] = field(default_factory=list)
     failovers: list[Failover] = field(default_factory=list)
+    #: steps that went node to node (server-to-server relay) rather than through the client
+    relayed_steps: int = 0
     ttft_s: float = 0.0
     total_s: float = 0.0
 
@@ -64,7 +66,7 @@ class _Tee:
 class AsyncClient:
     def __init__(self, model_dir: str | Path, registry: Registry | str | list[str], *,
                  sink: ReceiptSink | None = None, domain: ReceiptDomain | None = None,
-                 wire_dtype: str = "float32", timeout_s: float = 30.0) -> None:
+                 wire_dtype: str = "float32", timeout_s: float = 30.0, relay: bool = True) -> None:
         self.model_dir = ModelDir.open(model_dir)
         self.manifest = self.model_dir.manifest
         self.registry = registry if not isinstance(registry, (str, list)) else StaticRegistry.from_urls(registry)
@@ -72,6 +74,9 @@ class AsyncClient:
         self.domain = domain or ReceiptDomain()
         self.wire_dtype = wire_dtype
         self.timeout_s = timeout_s
+        #: server-to-server relay where every node of the chain offers it (each node hands its output
+        #: to the next; the client sends once and hears back once per step)
+        self.relay = relay
         self.head = load_head(self.model_dir)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from transformers import AutoTokenizer
@@ -105,7 +110,7 @@ class AsyncClient:
     def _chain(self, plan: list[list[ResolvedPeer]], sink: ReceiptSink, session_id: str | None = None) -> ChainSession:
         return ChainSession(self._session(), plan, manifest_hash=self.manifest_hash, domain=self.domain, sink=sink,
                             router=self.router, timeout_s=self.timeout_s, wire_dtype=self.wire_dtype,
-                            session_id=session_id)
+                            session_id=session_id, relay=self.relay)
 
     # ---- prompts ---------------------------------------------------------------------------
     def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
@@ -197,6 +202,7 @@ class AsyncClient:
         finally:
             gen.total_s = time.perf_counter() - t0
             gen.route = chain.route
+            gen.relayed_steps = chain.relay_steps
             await chain.close()
 
     async def prefill_logits(self, prompt_ids: Sequence[int]) -> torch.Tensor:

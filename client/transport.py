@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import aiohttp
@@ -11,12 +12,15 @@ from veriswarm.errors import ProtocolError, ReceiptError, RemoteError
 from veriswarm.protocol import (
     PROTOCOL_VERSION,
     VERSION_HEADER,
+    AnyReply,
     CloseSession,
     ErrorReply,
     ForwardRequest,
     NodeInfo,
     Opened,
     OpenSession,
+    RelayResult,
+    SetUpstream,
     StepRequest,
     StepResult,
     decode_reply,
@@ -25,6 +29,8 @@ from veriswarm.protocol import (
 from veriswarm.receipts import Receipt
 
 from .registry import PeerInfo
+
+log = logging.getLogger("veriswarm.client")
 
 
 @dataclass(frozen=True)
@@ -75,31 +81,56 @@ class NodeLink:
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise RemoteError(self.peer.url, "unreachable", f"{type(exc).__name__}: {exc}") from None
 
-    async def _exchange(self, message: bytes) -> tuple[object, memoryview]:
+    async def send(self, message: bytes) -> None:
         if self._ws is None or self._ws.closed:
             raise RemoteError(self.peer.url, "closed", "the connection to the node is closed")
         try:
             await self._ws.send_bytes(message)
-            msg = await self._ws.receive(timeout=self.timeout)
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            raise RemoteError(self.peer.url, "transport", f"{type(exc).__name__}: {exc}") from None
+
+    async def receive(self, timeout: float | None = None) -> tuple[AnyReply, memoryview]:
+        """The next message from the node, decoded; an ErrorReply is returned, not raised."""
+        if self._ws is None or self._ws.closed:
+            raise RemoteError(self.peer.url, "closed", "the connection to the node is closed")
+        try:
+            msg = await self._ws.receive(timeout=self.timeout if timeout is None else timeout)
         except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
             raise RemoteError(self.peer.url, "transport", f"{type(exc).__name__}: {exc}") from None
         if msg.type != aiohttp.WSMsgType.BINARY:
             raise RemoteError(self.peer.url, "closed", f"node closed the session ({msg.type.name} {msg.data!r})")
         try:
-            reply, payload = decode_reply(msg.data)
+            return decode_reply(msg.data)
         except ProtocolError as exc:
             raise RemoteError(self.peer.url, "bad_reply", str(exc)) from None
-        if isinstance(reply, ErrorReply):
-            raise RemoteError(self.peer.url, reply.code, reply.message)
-        return reply, payload
 
-    async def open(self, manifest_hash: str, shard_index: int, session_id: str, max_length: int) -> None:
+    async def _exchange(self, message: bytes) -> tuple[AnyReply, memoryview]:
+        await self.send(message)
+        while True:
+            reply, payload = await self.receive()
+            # Pushes from a relayed step that was given up on (a late result, the news of where it
+            # stopped) may still be queued on this socket: they are not the answer to this request.
+            if isinstance(reply, RelayResult) or (isinstance(reply, ErrorReply) and reply.code == "relay_failed"):
+                log.debug("%s: dropping a stale relay message (%s)", self.peer.url, reply.type)
+                continue
+            if isinstance(reply, ErrorReply):
+                raise RemoteError(self.peer.url, reply.code, reply.message)
+            return reply, payload
+
+    async def open(self, manifest_hash: str, shard_index: int, session_id: str, max_length: int,
+                   upstream: str | None = None) -> None:
         if self._ws is None:
             await self.connect()
         reply, _ = await self._exchange(encode_envelope(OpenSession(
-            manifest_hash=manifest_hash, shard_index=shard_index, session_id=session_id, max_length=max_length)))
+            manifest_hash=manifest_hash, shard_index=shard_index, session_id=session_id, max_length=max_length,
+            upstream=upstream)))
         if not isinstance(reply, Opened) or reply.session_id != session_id:
             raise RemoteError(self.peer.url, "bad_reply", "expected an 'opened' reply for this session")
+
+    async def set_upstream(self, session_id: str, upstream: str | None) -> None:
+        reply, _ = await self._exchange(encode_envelope(SetUpstream(session_id=session_id, upstream=upstream)))
+        if not isinstance(reply, Opened) or reply.session_id != session_id:
+            raise RemoteError(self.peer.url, "bad_reply", "expected the session to be acknowledged")
 
     async def step(self, session_id: str, step: int, start_pos: int, nonce: str, frame: bytes) -> tuple[Receipt, bytes]:
         header = StepRequest(session_id=session_id, step=step, start_pos=start_pos, request_nonce=nonce)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,8 +21,9 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from veriswarm import __version__
-from veriswarm.errors import HTTP_STATUS, ErrorCode, ProtocolError
-from veriswarm.frames import DTYPE_NAMES, decode_tensor, encode_tensor, sha256
+from veriswarm.checks import check_relayed
+from veriswarm.errors import HTTP_STATUS, ErrorCode, ProtocolError, ReceiptError
+from veriswarm.frames import DTYPE_NAMES, Q8, decode_tensor, encode_tensor, frame_wire, sha256
 from veriswarm.manifest import Manifest, ShardSpec
 from veriswarm.protocol import (
     PROTOCOL_VERSION,
@@ -34,21 +34,26 @@ from veriswarm.protocol import (
     NodeInfo,
     Opened,
     OpenSession,
+    RelayResult,
+    RelayStep,
+    SetUpstream,
     StepRequest,
     decode_request,
     encode_envelope,
     error_reply,
     result_reply,
+    split_frames,
 )
 from veriswarm.receipts import Receipt, ReceiptDomain, address_of, context_seed, hex32, next_context, now_ms
 from veriswarm.split.modeling import ShardModel
 
 from .config import NodeConfig
 from .metrics import NodeMetrics
+from .relay import RelayLinks
 from .sessions import Session, SessionStore
 
 log = logging.getLogger("veriswarm.node")
-WIRE_DTYPES = frozenset({torch.float32, torch.float16, torch.bfloat16})
+WIRE_DTYPES = frozenset({torch.float32, torch.float16, torch.bfloat16, Q8})
 _VERSIONED = {"/v1/forward", "/v1/ws"}
 
 
@@ -64,7 +69,11 @@ class NodeState:
     metrics: NodeMetrics
     semaphore: asyncio.Semaphore
     executor: ThreadPoolExecutor | None = None
-    websockets: weakref.WeakSet[web.WebSocketResponse] = field(default_factory=weakref.WeakSet)
+    relay: RelayLinks | None = None
+    #: open WebSocket connections by owner id: a relayed step's result or failure is pushed to the
+    #: connection that owns the session (the client), whichever connection the step arrived on
+    connections: dict[int, web.WebSocketResponse] = field(default_factory=dict)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
     def manifest_hash(self) -> str:
@@ -126,7 +135,7 @@ async def _run_hop(state: NodeState, x: torch.Tensor, in_frame: bytes, *, sessio
         t0 = time.perf_counter()
         out = await loop.run_in_executor(state.executor, state.shard.forward, x.to(torch.float32), start_pos, cache)
         state.metrics.step_seconds.observe(time.perf_counter() - t0)
-    out_frame = encode_tensor(out.to(x.dtype))
+    out_frame = encode_tensor(out, frame_wire(in_frame))  # answer in the wire format received (q8 decodes to fp32)
     input_hash = sha256(in_frame)
     context = next_context(prev_context, input_hash)
     receipt = Receipt(
@@ -156,7 +165,7 @@ async def info(request: web.Request) -> web.Response:
         protocol_version=PROTOCOL_VERSION, software_version=__version__, manifest_hash=st.manifest_hash,
         model_name=st.manifest.model_name, shard_index=st.spec.index, num_shards=len(st.manifest.shards),
         layer_start=st.spec.layer_start, layer_end=st.spec.layer_end, address=st.address,
-        wire_dtypes=sorted(n for n, d in DTYPE_NAMES.items() if d in WIRE_DTYPES),
+        wire_dtypes=sorted(n for n, d in DTYPE_NAMES.items() if d in WIRE_DTYPES), relay=st.config.relay,
         max_length=st.config.max_length, max_sessions=st.config.max_sessions,
         free_sessions=st.sessions.free_slots, chain_id=st.domain.chain_id,
         verifying_contract=st.domain.verifying_contract,
@@ -191,6 +200,32 @@ async def forward(request: web.Request) -> web.Response:
     return web.Response(body=encode_envelope(result_reply(receipt), out_frame), content_type="application/octet-stream")
 
 
+async def _session_step(st: NodeState, session: Session, *, step: int, start_pos: int, nonce: str,
+                        payload: memoryview | bytes) -> tuple[bytes, Receipt]:
+    """Run one ordered step of a session under its lock. The same request sent again right after it
+    was done (same step, nonce and input) gets the same signed answer instead of an ordering error:
+    that is what lets a client recover from a relay that broke without knowing how far it got."""
+    in_frame = bytes(payload)
+    async with session.lock:
+        last = session.last
+        if last is not None and step == session.next_step - 1 and nonce == last[0] and sha256(in_frame) == last[1]:
+            return last[3], last[2]
+        if step != session.next_step:
+            raise ProtocolError(ErrorCode.STEP_OUT_OF_ORDER, f"step {step} sent, expected {session.next_step}")
+        if start_pos != session.cache.length:
+            raise ProtocolError(ErrorCode.STEP_OUT_OF_ORDER,
+                                f"start_pos {start_pos} sent, but the session holds {session.cache.length} positions")
+        x = _hidden_from(st, memoryview(in_frame))
+        if start_pos + x.shape[1] > session.max_length:
+            raise ProtocolError(ErrorCode.CONTEXT_OVERFLOW,
+                                f"{start_pos + x.shape[1]} positions exceed the session's max_length {session.max_length}")
+        out_frame, receipt = await _run_hop(
+            st, x, in_frame, session_id=session.session_id, step=step, start_pos=start_pos,
+            nonce=nonce, prev_context=session.context, session=session)
+        session.last = (nonce, sha256(in_frame), receipt, out_frame)
+        return out_frame, receipt
+
+
 async def _ws_message(st: NodeState, owner: int, data: bytes) -> bytes:
     req, payload = decode_request(data)
     if isinstance(req, OpenSession):
@@ -199,30 +234,116 @@ async def _ws_message(st: NodeState, owner: int, data: bytes) -> bytes:
         if req.max_length > st.config.max_length:
             raise ProtocolError(ErrorCode.CONTEXT_OVERFLOW,
                                 f"max_length {req.max_length} exceeds this node's limit of {st.config.max_length}")
+        if req.upstream is not None and not st.config.relay:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "this node does not take part in relay (relay = false)")
         st.sessions.open(req.session_id, st.shard.new_cache(req.max_length),
-                         context_seed(st.manifest_hash, st.spec.index, req.session_id), owner)
+                         context_seed(st.manifest_hash, st.spec.index, req.session_id), owner,
+                         req.upstream.lower() if req.upstream else None)
         return encode_envelope(Opened(session_id=req.session_id, max_length=req.max_length))
     if isinstance(req, StepRequest):
         st.metrics.requests.labels("step").inc()
         session = st.sessions.get(req.session_id, owner)
-        async with session.lock:
-            if req.step != session.next_step:
-                raise ProtocolError(ErrorCode.STEP_OUT_OF_ORDER, f"step {req.step} sent, expected {session.next_step}")
-            if req.start_pos != session.cache.length:
-                raise ProtocolError(ErrorCode.STEP_OUT_OF_ORDER,
-                                    f"start_pos {req.start_pos} sent, but the session holds {session.cache.length} positions")
-            x = _hidden_from(st, payload)
-            if req.start_pos + x.shape[1] > session.max_length:
-                raise ProtocolError(ErrorCode.CONTEXT_OVERFLOW,
-                                    f"{req.start_pos + x.shape[1]} positions exceed the session's max_length {session.max_length}")
-            out_frame, receipt = await _run_hop(
-                st, x, bytes(payload), session_id=req.session_id, step=req.step, start_pos=req.start_pos,
-                nonce=req.request_nonce, prev_context=session.context, session=session)
+        out_frame, receipt = await _session_step(st, session, step=req.step, start_pos=req.start_pos,
+                                                 nonce=req.request_nonce, payload=payload)
         return encode_envelope(result_reply(receipt), out_frame)
+    if isinstance(req, SetUpstream):
+        session = st.sessions.get(req.session_id, owner)
+        session.upstream = req.upstream.lower() if req.upstream else None
+        return encode_envelope(Opened(session_id=req.session_id, max_length=session.max_length))
     if isinstance(req, CloseSession):
         st.sessions.close(req.session_id, owner)
         return encode_envelope(Closed(session_id=req.session_id))
     raise ProtocolError(ErrorCode.BAD_REQUEST, f"{req.type!r} is not a session message (use POST /v1/forward)")
+
+
+async def _relay_step(st: NodeState, owner: int, req: RelayStep, payload: memoryview) -> None:
+    """Do this node's hop of a relayed step and pass the message on (or, as the last hop, push the
+    whole chain to the client). Errors are pushed to the session's owner by the caller."""
+    st.metrics.requests.labels("relay").inc()
+    if not st.config.relay:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "this node does not take part in relay (relay = false)")
+    frames = split_frames(payload, req.frame_sizes)
+    hop = len(req.receipts)
+    if hop >= len(req.orders):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"relayed step already has all {len(req.orders)} receipts")
+    order = req.orders[hop]
+    if order.shard_index != st.spec.index or order.address.lower() != st.address.lower():
+        raise ProtocolError(ErrorCode.WRONG_SHARD, f"relayed hop {hop} is for shard {order.shard_index} at "
+                                                   f"{order.address}, this is shard {st.spec.index} at {st.address}")
+    session = st.sessions.relayed(req.session_id)
+    try:
+        receipts = [Receipt.from_json(r) for r in req.receipts]
+        if hop == 0:
+            # The first hop takes the step only from the client that opened the session.
+            if owner != session.owner:
+                raise ReceiptError("a relayed step with no receipts must come from the session's owner")
+        else:
+            if session.upstream is None:
+                raise ReceiptError("this session was opened without an upstream node: it takes no relayed steps")
+            check_relayed(receipts, req.orders, frames, manifest_hash=st.manifest_hash, session_id=req.session_id,
+                          domain=st.domain, signatures_from=hop - 1)
+            # The client named, when it opened the session, the one node that may hand it steps;
+            # check_relayed has just recovered the previous receipt's signer and matched it to that order.
+            if req.orders[hop - 1].address.lower() != session.upstream:
+                raise ReceiptError(f"the previous hop is {req.orders[hop - 1].address}, but the client named "
+                                   f"{session.upstream} as this session's upstream")
+    except ReceiptError as exc:
+        raise ProtocolError(ErrorCode.RELAY_FAILED, f"relayed step refused at shard {st.spec.index}: {exc}") from None
+    out_frame, receipt = await _session_step(st, session, step=order.step, start_pos=order.start_pos,
+                                             nonce=order.request_nonce, payload=frames[-1])
+    receipt_dicts = [*req.receipts, receipt.to_json()]
+    sizes = [*req.frame_sizes, len(out_frame)]
+    body = b"".join([*frames, out_frame])
+    if hop + 1 == len(req.orders):
+        ws = st.connections.get(session.owner)
+        if ws is None or ws.closed:
+            raise ProtocolError(ErrorCode.RELAY_FAILED, "the client's connection is gone")
+        await ws.send_bytes(encode_envelope(RelayResult(session_id=req.session_id, receipts=receipt_dicts,
+                                                        frame_sizes=sizes), body))
+        return
+    assert st.relay is not None  # created by the app's cleanup context before any request
+    nxt = RelayStep(session_id=req.session_id, orders=req.orders, receipts=receipt_dicts, frame_sizes=sizes)
+    await st.relay.send(req.orders[hop + 1].url, encode_envelope(nxt, body))
+
+
+async def _relay_task(st: NodeState, sender: web.WebSocketResponse, req: RelayStep, payload: memoryview) -> None:
+    try:
+        await _relay_step(st, id(sender), req, payload)
+    except ProtocolError as exc:
+        await _push_error(st, req, exc, sender)
+    except Exception:
+        log.exception("internal error on a relayed step")
+        await _push_error(st, req, ProtocolError(ErrorCode.INTERNAL, "internal error (see the node's log)"), sender)
+
+
+async def _push_error(st: NodeState, req: RelayStep, exc: ProtocolError, sender: web.WebSocketResponse) -> None:
+    """Tell the client that owns the session why its relayed step stopped here; with no session here,
+    tell the node that sent it (it tells its own client: see RelayLinks.on_refused)."""
+    st.metrics.errors.labels(exc.code.value).inc()
+    log.info("relayed step for session %s… stopped at shard %d: %s", req.session_id[:18], st.spec.index, exc.message)
+    hop = len(req.receipts)
+    step = req.orders[hop].step if hop < len(req.orders) else None
+    message = encode_envelope(error_reply(exc, session_id=req.session_id, step=step))
+    try:
+        owner = st.sessions.relayed(req.session_id).owner
+    except ProtocolError:
+        if not sender.closed:
+            await sender.send_bytes(message)
+        return
+    ws = st.connections.get(owner)
+    if ws is not None and not ws.closed:
+        await ws.send_bytes(message)
+
+
+async def _refused_downstream(st: NodeState, session_id: str, reason: str) -> None:
+    try:
+        owner = st.sessions.relayed(session_id).owner
+    except ProtocolError:
+        return
+    ws = st.connections.get(owner)
+    if ws is not None and not ws.closed:
+        err = ProtocolError(ErrorCode.RELAY_FAILED, reason)
+        await ws.send_bytes(encode_envelope(error_reply(err, session_id=session_id)))
 
 
 def _ws_error(st: NodeState, exc: ProtocolError, data: bytes | None) -> bytes:
@@ -243,10 +364,18 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(max_msg_size=st.config.max_body_bytes, heartbeat=30.0)
     await ws.prepare(request)
     owner = id(ws)
-    st.websockets.add(ws)
+    st.connections[owner] = ws
     try:
         async for msg in ws:
             if msg.type == WSMsgType.BINARY:
+                relayed = _as_relay(msg.data)
+                if relayed is not None:
+                    # No reply on this connection: the result goes on to the next node, and the
+                    # outcome reaches the client from the last node (or as a pushed error).
+                    task = asyncio.create_task(_relay_task(st, ws, *relayed))
+                    st.tasks.add(task)
+                    task.add_done_callback(st.tasks.discard)
+                    continue
                 try:
                     reply = await _ws_message(st, owner, msg.data)
                 except ProtocolError as exc:
@@ -262,8 +391,19 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
                 log.info("websocket closed with error: %s", ws.exception())
                 break
     finally:
+        st.connections.pop(owner, None)
         st.sessions.close_owned_by(owner)
     return ws
+
+
+def _as_relay(data: bytes) -> tuple[RelayStep, memoryview] | None:
+    """The message decoded if it is a relayed step, else None (other messages, valid or not, take
+    the request/reply path, which answers errors on the same connection)."""
+    try:
+        req, payload = decode_request(data)
+    except ProtocolError:
+        return None
+    return (req, payload) if isinstance(req, RelayStep) else None
 
 
 def make_app(*, config: NodeConfig, manifest: Manifest, shard: ShardModel, private_key: bytes) -> web.Application:
@@ -283,7 +423,11 @@ def make_app(*, config: NodeConfig, manifest: Manifest, shard: ShardModel, priva
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/v1/forward", forward)
     app.router.add_get("/v1/ws", websocket)
+    from .prove import add_prove_route  # imported here: prove.py imports this module
+
+    add_prove_route(app)  # POST /v1/prove: zk slice proofs for disputed hops
     app.cleanup_ctx.append(_executor_ctx)
+    app.cleanup_ctx.append(_relay_ctx)
     app.cleanup_ctx.append(_reaper_ctx)
     app.on_shutdown.append(_close_websockets)
     return app
@@ -294,6 +438,17 @@ async def _executor_ctx(app: web.Application) -> AsyncIterator[None]:
     st.executor = ThreadPoolExecutor(max_workers=st.config.max_concurrency, thread_name_prefix="shard-forward")
     yield
     st.executor.shutdown(wait=True, cancel_futures=True)
+
+
+async def _relay_ctx(app: web.Application) -> AsyncIterator[None]:
+    st = app[STATE]
+    st.relay = RelayLinks(timeout_s=10.0, max_msg_bytes=st.config.max_body_bytes + 64 * 1024,
+                          on_refused=lambda sid, why: _refused_downstream(st, sid, why))
+    await st.relay.start()
+    yield
+    for task in list(st.tasks):
+        task.cancel()
+    await st.relay.close()
 
 
 async def _reaper_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -316,5 +471,5 @@ async def _reaper_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _close_websockets(app: web.Application) -> None:
-    for ws in list(app[STATE].websockets):
+    for ws in list(app[STATE].connections.values()):
         await ws.close(code=WSCloseCode.GOING_AWAY, message=b"node shutting down")

@@ -31,6 +31,8 @@ class NodeConfig:
     #: Forward passes allowed to run at once (each in a worker thread, off the event loop).
     max_concurrency: int = 1
     torch_threads: int = 0  # 0: torch's default
+    #: Take part in server-to-server relay (hand outputs straight to the next node when a client asks).
+    relay: bool = True
     chain_id: int = 31337
     verifying_contract: str = "0x" + "00" * 20
     advertise_url: str = ""

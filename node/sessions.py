@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from veriswarm.errors import ErrorCode, ProtocolError
 from veriswarm.split.kvcache import KVCache
@@ -16,7 +17,12 @@ class Session:
     cache: KVCache
     context: bytes
     owner: int
+    #: the node key allowed to relay steps into this session (see protocol.OpenSession.upstream)
+    upstream: str | None = None
     next_step: int = 0
+    #: the last step done: (request nonce, input frame hash, receipt, output frame), so that the same
+    #: request sent again (a client falling back from a relay that broke) gets the same answer
+    last: tuple[str, bytes, Any, bytes] | None = None
     last_used: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -43,14 +49,14 @@ class SessionStore:
     def free_slots(self) -> int:
         return max(0, self.max_sessions - len(self._sessions))
 
-    def open(self, session_id: str, cache: KVCache, context: bytes, owner: int) -> Session:
+    def open(self, session_id: str, cache: KVCache, context: bytes, owner: int, upstream: str | None = None) -> Session:
         if session_id in self._sessions:
             raise ProtocolError(ErrorCode.SESSION_EXISTS, f"session {session_id[:18]}… is already open")
         if len(self._sessions) >= self.max_sessions:
             raise ProtocolError(ErrorCode.CAPACITY, f"node is at its limit of {self.max_sessions} sessions")
         if self.reserved_bytes + cache.reserved_bytes > self.memory_bytes:
             raise ProtocolError(ErrorCode.CAPACITY, "node has no KV-cache memory left for a session this long")
-        session = Session(session_id, cache, context, owner)
+        session = Session(session_id, cache, context, owner, upstream)
         self._sessions[session_id] = session
         return session
 
@@ -58,6 +64,15 @@ class SessionStore:
         session = self._sessions.get(session_id)
         # A session belongs to the connection that opened it: others see it as unknown.
         if session is None or session.owner != owner:
+            raise ProtocolError(ErrorCode.UNKNOWN_SESSION, f"unknown or expired session {session_id[:18]}…")
+        session.last_used = time.monotonic()
+        return session
+
+    def relayed(self, session_id: str) -> Session:
+        """A session addressed by a relayed step, which may arrive on any connection (the relay's
+        signed receipts, not the connection, authorise it)."""
+        session = self._sessions.get(session_id)
+        if session is None:
             raise ProtocolError(ErrorCode.UNKNOWN_SESSION, f"unknown or expired session {session_id[:18]}…")
         session.last_used = time.monotonic()
         return session

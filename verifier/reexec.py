@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from veriswarm.errors import ReceiptError
-from veriswarm.frames import DTYPE_NAMES, decode_tensor, sha256
+from veriswarm.frames import DTYPE_NAMES, decode_tensor, frame_wire, sha256
 from veriswarm.receipts import ReceiptDomain, context_seed, hex32, next_context
 from veriswarm.sinks import HopRecord
 from veriswarm.split.modeling import ShardModel
@@ -116,6 +116,7 @@ def reexecute_session(shard: ShardModel, records: Sequence[HopRecord], domain: R
     for rec, y in zip(records, outputs, strict=True):
         t = y.shape[1]
         errors = position_errors(y, reference[:, pos:pos + t])
-        steps.append(StepCheck(rec.receipt.step, rec.receipt.receipt_id(), float(errors.max()), TOLERANCE[y.dtype]))
+        tolerance = TOLERANCE[frame_wire(rec.output_frame)]  # by wire format: a q8 frame decodes to fp32
+        steps.append(StepCheck(rec.receipt.step, rec.receipt.receipt_id(), float(errors.max()), tolerance))
         pos += t
     return SessionVerdict(**{**verdict.__dict__, "steps": steps})

@@ -25,6 +25,7 @@ class ErrorCode(StrEnum):
     CONTEXT_OVERFLOW = "context_overflow"
     CAPACITY = "capacity"
     NOT_FOUND = "not_found"
+    RELAY_FAILED = "relay_failed"
     INTERNAL = "internal"
 
 
@@ -44,6 +45,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.CONTEXT_OVERFLOW: 422,
     ErrorCode.CAPACITY: 503,
     ErrorCode.NOT_FOUND: 404,
+    ErrorCode.RELAY_FAILED: 502,
     ErrorCode.INTERNAL: 500,
 }
 

@@ -12,6 +12,10 @@ Layout (all integers little-endian)::
 
 There is no pickle and no variable-length metadata: a frame is either exactly well formed or
 rejected with a :class:`ProtocolError`. Hashes in receipts are taken over these exact bytes.
+
+The ``q8`` wire format (dtype code 5, see quant8.py) replaces the raw data with an outlier-aware 8-bit
+encoding; ``torch.qint8`` stands for it in the dtype tables (no tensor of that dtype is ever made:
+q8 frames decode to float32, and ``encode_tensor(x, Q8)`` quantizes a float tensor).
 """
 
 from __future__ import annotations
@@ -22,20 +26,24 @@ import sys
 
 import torch
 
+from . import quant8
 from .errors import ErrorCode, ProtocolError
 
 MAGIC = b"VSTF"
 FRAME_VERSION = 1
 MAX_NDIM = 4
 _HEAD = struct.Struct("<4sBBBB")
+#: the marker dtype of the q8 wire format
+Q8 = torch.qint8
 
-DTYPE_CODES: dict[torch.dtype, int] = {torch.float32: 1, torch.float16: 2, torch.bfloat16: 3, torch.int8: 4}
+DTYPE_CODES: dict[torch.dtype, int] = {torch.float32: 1, torch.float16: 2, torch.bfloat16: 3, torch.int8: 4, Q8: 5}
 CODE_DTYPES: dict[int, torch.dtype] = {v: k for k, v in DTYPE_CODES.items()}
 DTYPE_NAMES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
     "int8": torch.int8,
+    "q8": Q8,
 }
 
 if sys.byteorder != "little":  # pragma: no cover - every supported platform is little-endian
@@ -49,9 +57,19 @@ def dtype_name(dtype: torch.dtype) -> str:
     raise ProtocolError(ErrorCode.BAD_DTYPE, f"dtype {dtype} is not supported on the wire")
 
 
-def encode_tensor(tensor: torch.Tensor) -> bytes:
-    """Encode a CPU tensor as a frame. The tensor's dtype must be one of DTYPE_CODES."""
-    if tensor.dtype not in DTYPE_CODES:
+def encode_tensor(tensor: torch.Tensor, wire: torch.dtype | None = None) -> bytes:
+    """Encode a CPU tensor as a frame, converted to ``wire`` (default: its own dtype; one of DTYPE_CODES;
+    ``Q8`` quantizes a float tensor to the q8 format)."""
+    if wire == Q8:
+        if not tensor.is_floating_point():
+            raise ProtocolError(ErrorCode.BAD_DTYPE, f"q8 encodes float tensors, not {tensor.dtype}")
+        if not 1 <= tensor.dim() <= MAX_NDIM:
+            raise ProtocolError(ErrorCode.BAD_SHAPE, f"tensor rank {tensor.dim()} is outside 1..{MAX_NDIM}")
+        head = _HEAD.pack(MAGIC, FRAME_VERSION, DTYPE_CODES[Q8], tensor.dim(), 0)
+        return head + struct.pack(f"<{tensor.dim()}I", *tensor.shape) + quant8.encode_body(tensor)
+    if wire is not None:
+        tensor = tensor.to(wire)
+    if tensor.dtype not in DTYPE_CODES or tensor.dtype == Q8:
         raise ProtocolError(ErrorCode.BAD_DTYPE, f"dtype {tensor.dtype} is not supported on the wire")
     if not 1 <= tensor.dim() <= MAX_NDIM:
         raise ProtocolError(ErrorCode.BAD_SHAPE, f"tensor rank {tensor.dim()} is outside 1..{MAX_NDIM}")
@@ -94,6 +112,8 @@ def decode_tensor(
     if len(buf) < dims_end:
         raise ProtocolError(ErrorCode.BAD_FRAME, "frame truncated inside its shape")
     shape = struct.unpack_from(f"<{ndim}I", buf, _HEAD.size)
+    if dtype == Q8:
+        return quant8.decode_body(buf[dims_end:], shape)
     numel = 1
     for d in shape:
         numel *= d
@@ -115,6 +135,14 @@ def decode_tensor(
     if dtype.is_floating_point and not bool(torch.isfinite(out).all()):
         raise ProtocolError(ErrorCode.BAD_FRAME, "frame contains NaN or infinite values")
     return out
+
+
+def frame_wire(data: bytes | bytearray | memoryview) -> torch.dtype:
+    """The wire dtype a frame declares (``Q8`` for a q8 frame): what a node answers in. Only the header is
+    read; call it on a frame that decode_tensor has accepted."""
+    if len(data) < _HEAD.size or (code := data[5]) not in CODE_DTYPES:
+        raise ProtocolError(ErrorCode.BAD_FRAME, "not a tensor frame with a known dtype")
+    return CODE_DTYPES[code]
 
 
 def sha256(data: bytes | bytearray | memoryview) -> bytes:

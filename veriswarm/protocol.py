@@ -28,6 +28,8 @@ MAX_HEADER_BYTES = 16 * 1024
 _ENV = struct.Struct("<4sI")
 
 Hex32 = Annotated[str, Field(pattern=r"^0x[0-9a-f]{64}$")]
+Address = Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{40}$")]
+MAX_CHAIN = 64
 Uint32 = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 
@@ -51,6 +53,9 @@ class OpenSession(_Msg):
     shard_index: Uint32
     session_id: Hex32
     max_length: Annotated[int, Field(ge=1, le=1 << 20)]
+    #: the node key allowed to relay steps into this session (the previous shard's node); None: only
+    #: the connection that opened the session may send steps
+    upstream: Address | None = None
 
 
 class StepRequest(_Msg):
@@ -61,6 +66,14 @@ class StepRequest(_Msg):
     step: Uint32
     start_pos: Uint32
     request_nonce: Hex32
+
+
+class SetUpstream(_Msg):
+    """Name a new upstream node for a session (after the previous shard failed over to a replica)."""
+
+    type: Literal["upstream"] = "upstream"
+    session_id: Hex32
+    upstream: Address | None
 
 
 class CloseSession(_Msg):
@@ -84,6 +97,42 @@ class Closed(_Msg):
     session_id: Hex32
 
 
+class HopOrder(_Msg):
+    """The client's order for one hop of a relayed step: who computes it and what its receipt must say."""
+
+    shard_index: Uint32
+    url: Annotated[str, Field(max_length=512, pattern=r"^https?://")]
+    address: Address
+    step: Uint32
+    start_pos: Uint32
+    request_nonce: Hex32
+
+
+class RelayStep(_Msg):
+    """One step travelling node to node (server-to-server relay).
+
+    ``orders`` is the whole chain, ``receipts`` the signed receipts of the hops done so far (so the
+    receiving node is hop ``len(receipts)``). The payload is the step's input frame followed by each
+    done hop's output frame (``frame_sizes`` gives the split): whoever holds the message can check
+    every receipt against the bytes it covers, and the last node hands the whole chain to the client.
+    """
+
+    type: Literal["relay"] = "relay"
+    session_id: Hex32
+    orders: Annotated[list[HopOrder], Field(min_length=1, max_length=MAX_CHAIN)]
+    receipts: Annotated[list[dict[str, Any]], Field(max_length=MAX_CHAIN)]
+    frame_sizes: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=MAX_CHAIN + 1)]
+
+
+class RelayResult(_Msg):
+    """Pushed by the last node of a relayed step to the client: every hop's receipt and frame."""
+
+    type: Literal["relayed"] = "relayed"
+    session_id: Hex32
+    receipts: Annotated[list[dict[str, Any]], Field(max_length=MAX_CHAIN)]
+    frame_sizes: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=MAX_CHAIN + 1)]
+
+
 class ErrorReply(_Msg):
     type: Literal["error"] = "error"
     code: str
@@ -102,8 +151,9 @@ class HopSubmission(_Msg):
     input_bytes: Annotated[int, Field(ge=0)]
 
 
-Request = Annotated[ForwardRequest | OpenSession | StepRequest | CloseSession, Field(discriminator="type")]
-Reply = Annotated[Opened | StepResult | Closed | ErrorReply, Field(discriminator="type")]
+Request = Annotated[ForwardRequest | OpenSession | StepRequest | CloseSession | RelayStep | SetUpstream,
+                    Field(discriminator="type")]
+Reply = Annotated[Opened | StepResult | Closed | RelayResult | ErrorReply, Field(discriminator="type")]
 _REQUEST = TypeAdapter(Request)
 _REPLY = TypeAdapter(Reply)
 
@@ -123,6 +173,8 @@ class NodeInfo(BaseModel):
     layer_end: int
     address: str
     wire_dtypes: list[str]
+    #: takes part in server-to-server relay
+    relay: bool = False
     max_length: int
     max_sessions: int
     free_sessions: int
@@ -159,7 +211,11 @@ def _first_error(exc: ValidationError) -> str:
     return f"{where}: {err.get('msg', 'invalid')}"
 
 
-def decode_request(data: bytes | bytearray | memoryview) -> tuple[ForwardRequest | OpenSession | StepRequest | CloseSession, memoryview]:
+AnyRequest = ForwardRequest | OpenSession | StepRequest | CloseSession | RelayStep | SetUpstream
+AnyReply = Opened | StepResult | Closed | RelayResult | ErrorReply
+
+
+def decode_request(data: bytes | bytearray | memoryview) -> tuple[AnyRequest, memoryview]:
     header, payload = _split(data)
     try:
         return _REQUEST.validate_python(header), payload
@@ -167,7 +223,7 @@ def decode_request(data: bytes | bytearray | memoryview) -> tuple[ForwardRequest
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"invalid request: {_first_error(exc)}") from None
 
 
-def decode_reply(data: bytes | bytearray | memoryview) -> tuple[Opened | StepResult | Closed | ErrorReply, memoryview]:
+def decode_reply(data: bytes | bytearray | memoryview) -> tuple[AnyReply, memoryview]:
     header, payload = _split(data)
     try:
         return _REPLY.validate_python(header), payload
@@ -196,3 +252,15 @@ def error_reply(exc: ProtocolError, *, session_id: str | None = None, step: int 
 
 def result_reply(receipt: Receipt) -> StepResult:
     return StepResult(receipt=receipt.to_json())
+
+
+def split_frames(payload: memoryview, sizes: list[int]) -> list[bytes]:
+    """Cut a relay payload into its frames; the declared sizes must cover it exactly."""
+    if sum(sizes) != len(payload):
+        raise ProtocolError(ErrorCode.BAD_FRAME,
+                            f"relay payload is {len(payload)} bytes, its frame sizes add up to {sum(sizes)}")
+    frames, at = [], 0
+    for size in sizes:
+        frames.append(bytes(payload[at:at + size]))
+        at += size
+    return frames

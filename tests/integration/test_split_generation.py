@@ -15,8 +15,8 @@ from veriswarm.sinks import MemorySink
 
 TOL = 1e-4  # max-abs on fp32 logits, split vs monolithic
 #: error budgets of the lossy wire formats (max-abs logit vs monolithic fp32; measured 0.038 and 0.245 on a
-#: 67-token English prompt, docs/architecture.md)
-WIRE_BUDGET = {"float16": 0.1, "bfloat16": 0.5}
+#: 67-token English prompt, docs/architecture.md; q8 measured 0.47 on this test's chat prompt, in-process)
+WIRE_BUDGET = {"float16": 0.1, "bfloat16": 0.5, "q8": 1.0}
 
 
 def _reference(model: Any, ids: list[int], steps: int) -> tuple[torch.Tensor, list[torch.Tensor], list[int]]:

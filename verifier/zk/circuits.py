@@ -140,18 +140,19 @@ class BoundCoefficients:
                 "in_features": self.in_features, "rank": self.rank, "bias": self.bias}
 
 
-def tolerance(bound: BoundCoefficients, x: np.ndarray, scale: int) -> np.ndarray:
+def tolerance(bound: BoundCoefficients, x: np.ndarray, scale: int, *, input_quanta: float = 1.0) -> np.ndarray:
     """Largest honest |float32 output − proven output| per row for input ``x`` (rigorous, first order, +1%).
 
     With ε = 2^-(scale+1) (half a quantum) and u = 2^-24 (fp32 rounding):
-    input quantization (up to one full quantum: the node's and the verifier's float input may round
-    differently) 2ε·c1; weight quantization ε·u1·‖x‖₁ + ε·s·‖x‖∞; fp32 accumulation (n + r)·u·c2·‖x‖₂;
+    input quantization (up to ``input_quanta`` full quanta, at least one: the node's and the verifier's
+    float input may round differently, or differ by honest fp32 noise when the verifier allows it)
+    2ε·q·c1; weight quantization ε·u1·‖x‖₁ + ε·s·‖x‖∞; fp32 accumulation (n + r)·u·c2·‖x‖₂;
     bias quantization ε.
     """
     xa = np.abs(np.asarray(x, dtype=np.float64))
     eps, u = 2.0 ** -(scale + 1), 2.0 ** -24
     c1, c2, u1 = (np.asarray(a) for a in (bound.c1, bound.c2, bound.u1))
-    quant = 2 * eps * c1 + eps * u1 * xa.sum() + eps * bound.s * xa.max(initial=0.0)
+    quant = 2 * eps * max(1.0, input_quanta) * c1 + eps * u1 * xa.sum() + eps * bound.s * xa.max(initial=0.0)
     fp = (bound.in_features + bound.rank) * u * c2 * float(np.sqrt((xa ** 2).sum()))
     tol: np.ndarray = 1.01 * (quant + fp) + (eps if bound.bias else 0.0) + 1e-12
     return tol

@@ -220,13 +220,15 @@ def _ezkl_verify(proof: SliceProof, circuit: SliceCircuit) -> bool:
 
 
 def verify_slice(spec: SliceSpec, proof: SliceProof, expected_input: Any, claimed_output: Any,
-                 registry: VkRegistry, *, reference_output: Any | None = None) -> bool:
+                 registry: VkRegistry, *, reference_output: Any | None = None, input_slack: float = 1.0) -> bool:
     """Check a slice proof and all its bindings; return True or raise :class:`ProofError` (one line).
 
     ``expected_input``: the slice's input vector as the verifier derived it from the committed frame.
     ``claimed_output``: the node's float output rows. ``reference_output``: optionally the verifier's own
     float output rows. Both must lie within :func:`~veriswarm.verifier.zk.circuits.tolerance` of the
-    proven outputs.
+    proven outputs. ``input_slack``: how many fixed-point quanta the proof's committed input may differ
+    from ``expected_input`` per element (default 1: rounding only; a verifier that derives the input
+    through several layers allows honest fp32 noise, and the tolerance widens by the deviation found).
     """
     if proof.spec.manifest_hash != spec.manifest_hash:
         raise ProofError(f"proof is for manifest {proof.spec.manifest_hash[:18]}…, expected {spec.manifest_hash[:18]}…")
@@ -252,12 +254,13 @@ def verify_slice(spec: SliceSpec, proof: SliceProof, expected_input: Any, claime
         raise ProofError("proof's public outputs are not field elements")
     input_q = np.array(proof.input_q, dtype=np.float64)
     worst = float(np.abs(input_q - x * float(1 << circuit.scale)).max(initial=0.0))
-    if worst > 1.0:
-        raise ProofError(f"proof's input differs from the committed activation by {worst:.3g} quanta (> 1)")
+    if worst > max(1.0, input_slack):
+        raise ProofError(f"proof's input differs from the committed activation by {worst:.3g} quanta "
+                         f"(> {max(1.0, input_slack):.3g})")
     if input_commitment(circuit, proof.input_q) != proof.input_commitment:
         raise ProofError("proof's input commitment does not open to the input it declares")
     proven = proof.output_values(circuit.output_scale)
-    tol = tolerance(entry.bound, x, circuit.scale)
+    tol = tolerance(entry.bound, x, circuit.scale, input_quanta=worst)
     for what, value in (("claimed", claimed_output), ("reference", reference_output)):
         if value is None:
             continue

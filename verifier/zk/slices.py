@@ -17,6 +17,7 @@ import hashlib
 import json
 import random
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -253,9 +254,12 @@ def slice_io(shard: ShardModel, spec: SliceSpec, hidden: torch.Tensor, *, token:
         raise ProofError(f"token {token!r} is outside the frame's {hidden.shape[1]} positions")
     module = _module(shard, spec)
     seen: dict[str, torch.Tensor] = {}
+    me = threading.get_ident()
 
     def hook(_m: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        seen["x"], seen["y"] = inputs[0].detach().clone(), output.detach().clone()
+        # Only this call's pass: a node runs other sessions' forwards through the same module concurrently.
+        if threading.get_ident() == me:
+            seen["x"], seen["y"] = inputs[0].detach().clone(), output.detach().clone()
 
     handle = module.register_forward_hook(hook)
     try:

@@ -1,0 +1,102 @@
+"""Server-to-server relay: a node hands its output straight to the next node of the chain.
+
+The client orders a whole step at once (:class:`~veriswarm.protocol.RelayStep`); each node checks the
+receipts it was handed, computes its hop, appends its own signed receipt and output frame, and sends
+the message on. The last node pushes the complete chain (every receipt, every frame) to the client
+over the client's own connection. Any failure is pushed to the client as an error for the session,
+and the client falls back to asking each node itself (steps are idempotent, so nothing is lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+
+from veriswarm.errors import ErrorCode, ProtocolError
+from veriswarm.protocol import PROTOCOL_VERSION, VERSION_HEADER, ErrorReply, decode_reply
+
+#: called with (session id, reason) when a next hop refuses a relayed step it cannot pin on a session
+OnRefused = Callable[[str, str], Awaitable[None]]
+
+log = logging.getLogger("veriswarm.node.relay")
+
+
+class RelayLinks:
+    """One outgoing WebSocket per next-hop URL, reused across sessions and steps."""
+
+    def __init__(self, *, timeout_s: float, max_msg_bytes: int, on_refused: OnRefused | None = None) -> None:
+        self.timeout_s = timeout_s
+        self.on_refused = on_refused
+        self.max_msg_bytes = max_msg_bytes
+        self._http: aiohttp.ClientSession | None = None
+        self._links: dict[str, aiohttp.ClientWebSocketResponse] = {}
+        self._readers: dict[str, asyncio.Task[None]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def start(self) -> None:
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s))
+
+    async def send(self, url: str, message: bytes) -> None:
+        """Send one relay message to the node at ``url``; ProtocolError(RELAY_FAILED) if it can't be."""
+        ws = await self._link(url)
+        try:
+            await ws.send_bytes(message)
+        except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
+            await self._drop(url)
+            raise ProtocolError(ErrorCode.RELAY_FAILED, f"could not relay to {url}: {type(exc).__name__}: {exc}") from None
+
+    async def _link(self, url: str) -> aiohttp.ClientWebSocketResponse:
+        ws = self._links.get(url)
+        if ws is not None and not ws.closed:
+            return ws
+        async with self._locks.setdefault(url, asyncio.Lock()):
+            ws = self._links.get(url)
+            if ws is not None and not ws.closed:
+                return ws
+            if self._http is None:
+                raise ProtocolError(ErrorCode.RELAY_FAILED, "this node is shutting down")
+            ws_url = url.replace("http://", "ws://", 1).replace("https://", "wss://", 1) + "/v1/ws"
+            try:
+                ws = await self._http.ws_connect(ws_url, headers={VERSION_HEADER: PROTOCOL_VERSION},
+                                                 max_msg_size=self.max_msg_bytes, heartbeat=30.0,
+                                                 timeout=aiohttp.ClientWSTimeout(ws_close=2.0))
+            except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
+                raise ProtocolError(ErrorCode.RELAY_FAILED,
+                                    f"could not reach the next hop {url}: {type(exc).__name__}: {exc}") from None
+            self._links[url] = ws
+            # Someone must read the socket, or the peer's heartbeat pings go unanswered and errors it
+            # sends back (about a relayed message it could not even attribute to a session) are lost.
+            self._readers[url] = asyncio.create_task(self._drain(url, ws))
+            return ws
+
+    async def _drain(self, url: str, ws: aiohttp.ClientWebSocketResponse) -> None:
+        async for msg in ws:
+            if msg.type != aiohttp.WSMsgType.BINARY:
+                continue
+            try:
+                reply, _ = decode_reply(msg.data)
+            except ProtocolError:
+                log.warning("next hop %s sent something unreadable", url)
+                continue
+            # The next hop answers a relayed step only when it has no session to blame it on (e.g. it
+            # restarted): tell our client at once rather than let it wait for its timeout.
+            if isinstance(reply, ErrorReply) and reply.session_id and self.on_refused is not None:
+                await self.on_refused(reply.session_id, f"next hop {url} refused the relayed step: {reply.message}")
+
+    async def _drop(self, url: str) -> None:
+        ws = self._links.pop(url, None)
+        if ws is not None:
+            await ws.close()
+        reader = self._readers.pop(url, None)
+        if reader is not None:
+            reader.cancel()
+
+    async def close(self) -> None:
+        for url in list(self._links):
+            await self._drop(url)
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
