@@ -24,6 +24,9 @@ def verifier_start(
                                                         "(default: from each node's reputation)")] = None,
     idle_s: Annotated[float, typer.Option("--idle-s", help="audit a session once idle this long")] = 5.0,
     name: Annotated[str, typer.Option("--name", help="this verifier's id in the ledger")] = "verifier",
+    zk_slices: Annotated[int, typer.Option("--zk-slices", help="slices per shard pre-registered for the zk proof "
+                                              "demanded after every disagreement (0: no proofs)")] = 1,
+    zk_deadline_s: Annotated[float, typer.Option("--zk-deadline-s", help="how long a node has to prove")] = 60.0,
 ) -> None:
     """Serve POST /v1/hops, GET /v1/verdicts; audits run in the background."""
     import logging
@@ -34,7 +37,9 @@ def verifier_start(
     from veriswarm.incentives.ledger import Ledger
     from veriswarm.manifest import ModelDir
     from veriswarm.verifier.core import Verifier, VerifierConfig
+    from veriswarm.verifier.sampling import AuditBeacon
     from veriswarm.verifier.service import make_app
+    from veriswarm.verifier.zkaudit import ZkAuditor
 
     if audit_rate is not None and not 0.0 <= audit_rate <= 1.0:
         raise ConfigError("--audit-rate must be within [0, 1]")
@@ -44,7 +49,14 @@ def verifier_start(
     (home()).mkdir(parents=True, exist_ok=True)
     ledger = Ledger(url)
     ledger.migrate()
-    verifier = Verifier(md, ledger=ledger, config=VerifierConfig(address=name, idle_s=idle_s, audit_rate=audit_rate))
+    if zk_slices < 0 or zk_deadline_s <= 0:
+        raise ConfigError("--zk-slices must be >= 0 and --zk-deadline-s > 0")
+    beacon = AuditBeacon()
+    zk = None
+    if zk_slices:  # vks are derived from the committed artifacts (cached); no SRS is downloaded
+        zk = ZkAuditor.sampled(md, zk_slices, seed=beacon.secret, secret=beacon.secret, deadline_s=zk_deadline_s)
+    verifier = Verifier(md, ledger=ledger, beacon=beacon, zk=zk,
+                        config=VerifierConfig(address=name, idle_s=idle_s, audit_rate=audit_rate))
     typer.echo(f"veriswarm verifier ready: http://{host}:{port} manifest {md.manifest.hash} "
                f"beacon commitment {verifier.beacon.commitment} ledger {url}")
     try:

@@ -9,7 +9,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from veriswarm.errors import ReceiptError, VeriswarmError
 from veriswarm.frames import sha256
@@ -21,9 +21,13 @@ from veriswarm.sinks import HopRecord
 from veriswarm.split.artifacts import load_shard
 from veriswarm.split.modeling import ShardModel
 
+from .links import LinkFault, LinkIndex
 from .reexec import SessionVerdict, reexecute_session
 from .sampling import AuditBeacon
 from .slashing import ChainSlasher
+
+if TYPE_CHECKING:  # ezkl is loaded only by a verifier that is given a ZkAuditor
+    from .zkaudit import ZkAuditor, ZkEvidence
 
 log = logging.getLogger("veriswarm.verifier")
 SessionKey = tuple[str, int, str]  # (session id, shard index, node address)
@@ -54,7 +58,8 @@ class VerifierConfig:
 class Verifier:
     def __init__(self, model_dir: ModelDir, *, ledger: Ledger | None = None, domain: ReceiptDomain | None = None,
                  beacon: AuditBeacon | None = None, params: IncentiveParams | None = None,
-                 config: VerifierConfig | None = None, slasher: ChainSlasher | None = None) -> None:
+                 config: VerifierConfig | None = None, slasher: ChainSlasher | None = None,
+                 zk: ZkAuditor | None = None) -> None:
         self.model_dir = model_dir
         self.manifest = model_dir.manifest
         self.ledger = ledger
@@ -63,6 +68,7 @@ class Verifier:
         self.params = params or (ledger.params if ledger else IncentiveParams())
         self.config = config or VerifierConfig()
         self.slasher = slasher  # proven faults go on chain when set
+        self.zk = zk  # when set, every disagreement is followed by a zk slice proof challenge (zkaudit.py)
         self.verdicts: deque[dict[str, object]] = deque(maxlen=1000)
         self._pending: dict[SessionKey, _Pending] = {}
         self._seen: set[str] = set()
@@ -70,9 +76,13 @@ class Verifier:
         #: hash is equivocation, provable on chain by anyone with the two receipts.
         self._contexts: dict[tuple[str, str], HopRecord] = {}
         self.equivocations: list[tuple[HopRecord, HopRecord]] = []
+        #: hops by (session, shard, step): each new hop's input is checked against shard i−1's output at once
+        self._links = LinkIndex()
+        self.link_faults: list[LinkFault] = []
         self._shards: dict[int, ShardModel] = {}
         self._lock = threading.Lock()
-        self.stats = {"received": 0, "audited_sessions": 0, "skipped_sessions": 0, "faults": 0, "dropped": 0}
+        self.stats = {"received": 0, "audited_sessions": 0, "skipped_sessions": 0, "faults": 0, "dropped": 0,
+                      "links_checked": 0, "link_faults": 0, "zk_challenges": 0, "zk_failed": 0}
 
     def shard(self, index: int) -> ShardModel:
         if index not in self._shards:
@@ -119,6 +129,10 @@ class Verifier:
             pending.last_seen = time.monotonic()
             self._seen.add(rid)
             self.stats["received"] += 1
+            broken = self._links.add(record)
+            self.stats["links_checked"] = self._links.checked
+        for fault in broken:
+            self._link_fault(fault)
         if self.ledger is not None:
             spec = self.manifest.shard(r.shard_index)
             self.ledger.record_receipts([ReceiptEntry(r, signer, spec.num_layers, int(time.time() // self.config.epoch_s))])
@@ -128,7 +142,8 @@ class Verifier:
         self.stats["faults"] += 1
         node = first.node_address
         log.warning("equivocation by %s: two outputs for context %s", node, first.receipt.context_hash)
-        self.verdicts.append({"node": node, "shard": first.receipt.shard_index, "session": first.receipt.session_id,
+        self.verdicts.append({"kind": "equivocation", "node": node, "shard": first.receipt.shard_index,
+                              "session": first.receipt.session_id,
                               "passed": False, "summary": "equivocation: two signed outputs for one context",
                               "time": time.time(), "evidence": second.receipt.receipt_id()})
         slash_id = None
@@ -137,6 +152,21 @@ class Verifier:
                                                 {"first": first.receipt.to_json(), "second": second.receipt.to_json()})
         if self.slasher is not None:
             self._on_chain(slash_id, lambda: self.slasher.equivocation(first.receipt, second.receipt))  # type: ignore[union-attr]
+
+    def _link_fault(self, fault: LinkFault) -> None:
+        """A broken cross-hop link: a verdict against the link, with both signed receipts as evidence.
+
+        Not a node fault (see links.py): the ledger's outcomes and slashes are per node and both receipts may
+        be honest, so nothing is written there; the verdict names both nodes and the carrier as the suspect."""
+        self.link_faults.append(fault)
+        self.stats["link_faults"] += 1
+        down = fault.downstream
+        log.warning("%s (session %s)", fault.summary(), fault.session_id)
+        self.verdicts.append({"kind": "link", "node": down.node_address, "shard": down.receipt.shard_index,
+                              "session": fault.session_id, "step": fault.step, "passed": False,
+                              "summary": fault.summary(), "time": time.time(),
+                              "evidence": [fault.upstream.receipt.receipt_id(), down.receipt.receipt_id()],
+                              "link": fault.to_json()})
 
     # ---- audits --------------------------------------------------------------------------
     def probability(self, node: str) -> float:
@@ -162,16 +192,36 @@ class Verifier:
             # output depends on all earlier inputs): one prefill, and no work past what was drawn.
             records = records[: max(selected) + 1]
             verdict = reexecute_session(self.shard(shard), records, self.domain)
-            self._record(verdict, records)
+            self._record(verdict, records, self._dispute(verdict, records))
             out.append(verdict)
         return out
 
-    def _record(self, verdict: SessionVerdict, records: list[HopRecord]) -> None:
+    def _dispute(self, verdict: SessionVerdict, records: list[HopRecord]) -> ZkEvidence | None:
+        """After a re-execution disagreement, challenge the node for a zk proof of a random registered slice
+        of the first disputed step (None: no zk auditor, no disagreement, or a structural fault, which needs
+        no compute to judge)."""
+        first = verdict.first_failure
+        if self.zk is None or verdict.problem or first is None:
+            return None
+        try:
+            evidence = self.zk.challenge(self.shard(verdict.shard_index), records, first.step)
+        except Exception as exc:  # the verifier's own side failed (e.g. its key cache): no evidence either way,
+            # and the re-execution verdict must still be recorded
+            log.error("zk challenge of %s could not be run: %s: %s", verdict.node_address, type(exc).__name__, exc)
+            return None
+        if evidence is not None:
+            self.stats["zk_challenges"] += 1
+            self.stats["zk_failed"] += int(evidence.failing)
+        return evidence
+
+    def _record(self, verdict: SessionVerdict, records: list[HopRecord], zk: ZkEvidence | None = None) -> None:
         self.stats["audited_sessions"] += 1
-        summary = verdict.summary()
-        entry: dict[str, object] = {"node": verdict.node_address, "shard": verdict.shard_index,
+        summary = verdict.summary() + (f"; {zk.summary()}" if zk is not None else "")
+        entry: dict[str, object] = {"kind": "audit", "node": verdict.node_address, "shard": verdict.shard_index,
                                     "session": verdict.session_id, "passed": verdict.passed, "summary": summary,
                                     "time": time.time()}
+        if zk is not None:
+            entry["zk"] = {k: v for k, v in zk.to_json().items() if k not in ("proof", "claimed_output")}
         self.verdicts.append(entry)
         if verdict.passed:
             log.info("audit pass: node %s shard %d: %s", verdict.node_address, verdict.shard_index, summary)
@@ -187,9 +237,11 @@ class Verifier:
         bad = [s.receipt_id for s in verdict.steps if not s.passed] or ids[:1]
         self.ledger.record_audit(bad, self.config.address, "fault", summary)
         first = next(r for r in records if r.receipt.receipt_id() == bad[0])
-        slash_id = self.ledger.record_slash(verdict.node_address, bad[0], "verdict",
-                                            {"summary": summary, "receipt": first.receipt.to_json(),
-                                             "session": verdict.session_id, "shard": verdict.shard_index})
+        detail: dict[str, Any] = {"summary": summary, "receipt": first.receipt.to_json(),
+                                  "session": verdict.session_id, "shard": verdict.shard_index}
+        if zk is not None:  # the signed claim and proof (or why there is none) travel with the evidence
+            detail["zk"] = zk.to_json()
+        slash_id = self.ledger.record_slash(verdict.node_address, bad[0], "verdict", detail)
         entry["evidence"] = bad[0]
         if self.slasher is not None:
             self._on_chain(slash_id, lambda: self.slasher.verdict(verdict.node_address, first.receipt, summary))  # type: ignore[union-attr]
@@ -212,6 +264,7 @@ class Verifier:
             stale = [k for k, p in self._pending.items() if now - p.last_seen > self.config.retention_s]
             for k in stale:
                 del self._pending[k]
+            self._links.prune(self.config.retention_s, now)
             if len(self._contexts) > 1_000_000:  # bounded memory: equivocation is checked over a window
                 self._contexts.clear()
         self.stats["dropped"] += len(stale)

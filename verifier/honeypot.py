@@ -81,6 +81,8 @@ def judge(honeypot: Honeypot, verdicts: list[dict[str, object]]) -> str:
     """'caught' if the verifier flagged the honeypot session, 'approved' if it passed it (lazy), or
     'unaudited' if it has not reported on it."""
     for v in verdicts:
+        if v.get("kind") == "link":  # a verdict about the frames between shards, not an audit of this session
+            continue
         if v.get("session") == honeypot.session_id and v.get("shard") == honeypot.shard_index:
             return "approved" if v.get("passed") else "caught"
     return "unaudited"
