@@ -104,12 +104,23 @@ class LocalSwarm:
             return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=self._python_env(),
                                     start_new_session=True)
 
-    def respawn(self, node: NodeProcess, timeout_s: float = 120.0) -> None:
-        """Start a stopped node again on the same port with the same key (after a kill in a test)."""
+    def respawn(self, node: NodeProcess, timeout_s: float = 120.0, *, wait: bool = True) -> None:
+        """Start a stopped node again on the same port with the same key (after a kill in a test);
+        ``wait=False`` returns at once (see :meth:`ready`)."""
         if node.alive():
             return
         node.proc = self._popen(node.shard, node.port, node.key_file, node.log_file)
-        self.wait_ready(timeout_s, [node])
+        if wait:
+            self.wait_ready(timeout_s, [node])
+
+    @staticmethod
+    def ready(node: NodeProcess) -> bool:
+        """Does the node answer /health right now?"""
+        try:
+            with urllib.request.urlopen(f"{node.url}/health", timeout=1) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
 
     def wait_ready(self, timeout_s: float, nodes: list[NodeProcess] | None = None) -> None:
         """Wait until every node (default: all) answers /health; one clear error if one dies or times out."""
