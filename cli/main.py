@@ -82,7 +82,8 @@ def keys_create(
 @node_app.command("start")
 @one_line_errors
 def node_start(
-    shard: Annotated[int | None, typer.Option("--shard", help="shard index to serve")] = None,
+    shard: Annotated[str | None, typer.Option("--shard", help="shard index to serve, a range (2-3: one port "
+                     "per shard from --port), or 'auto' (pick and move by the swarm's needs)")] = None,
     model_dir: Annotated[Path | None, typer.Option("--model-dir", help="directory written by `veriswarm split`")] = None,
     key: Annotated[Path | None, typer.Option("--key", help="node keystore file")] = None,
     host: Annotated[str | None, typer.Option("--host")] = None,
@@ -96,17 +97,53 @@ def node_start(
     manifest_hash: Annotated[str | None, typer.Option("--manifest-hash", help="refuse to start unless the manifest hashes to this")] = None,
     deployment: Annotated[Path | None, typer.Option("--deployment", help="deployment file: register on that chain, sign for it")] = None,
     stake_wei: Annotated[int | None, typer.Option("--stake-wei", help="stake to hold on chain (default: the contract's minimum)")] = None,
+    peers: Annotated[Path | None, typer.Option("--peers", help="auto: JSON peers file to read the swarm from "
+                     "(without --deployment)")] = None,
+    memory_budget: Annotated[int | None, typer.Option("--memory-budget", help="auto: bytes for shard weights "
+                             "(default: available memory minus the KV-cache budget)")] = None,
+    recheck_s: Annotated[float | None, typer.Option("--recheck-s", help="auto: seconds between re-checks (60)")] = None,
+    move_threshold: Annotated[float | None, typer.Option("--move-threshold", help="auto: relative bottleneck gain "
+                              "a move must beat (0.10)")] = None,
+    cooldown_s: Annotated[float | None, typer.Option("--cooldown-s", help="auto: no move this soon after the "
+                          "last one, unless it fills a hole (300)")] = None,
+    drain_s: Annotated[float | None, typer.Option("--drain-s", help="auto: grace for open sessions on a shard "
+                       "given up (60)")] = None,
 ) -> None:
-    """Serve one shard over HTTP + WebSocket until interrupted (flags > VERISWARM_NODE_* env > config file)."""
+    """Serve a shard (or a range, or auto-placed shards) over HTTP + WebSocket until interrupted
+    (flags > VERISWARM_NODE_* env > config file)."""
+    from veriswarm.errors import ConfigError
     from veriswarm.node.config import NodeConfig
-    from veriswarm.node.serve import run_node
+    from veriswarm.node.shardchoice import ShardChoice
 
-    cfg = NodeConfig.resolve(config_file=config, shard=shard, model_dir=model_dir, key_file=key, host=host,
-                             port=port, max_sessions=max_sessions, max_length=max_length,
+    choice = ShardChoice.parse(shard)
+    auto_flags = {"--peers": peers, "--memory-budget": memory_budget, "--recheck-s": recheck_s,
+                  "--move-threshold": move_threshold, "--cooldown-s": cooldown_s, "--drain-s": drain_s}
+    given = [name for name, value in auto_flags.items() if value is not None]
+    if given and (choice is None or not choice.auto):
+        raise ConfigError(f"{', '.join(given)} only apply with --shard auto")
+    cfg = NodeConfig.resolve(config_file=config, shard=choice.single if choice else None, model_dir=model_dir,
+                             key_file=key, host=host, port=port, max_sessions=max_sessions, max_length=max_length,
                              torch_threads=torch_threads, chain_id=chain_id, verifying_contract=verifying_contract,
                              manifest_hash=manifest_hash, deployment=str(deployment) if deployment else None,
                              stake_wei=stake_wei)
-    run_node(cfg, _password())
+    if choice is None or choice.single is not None:
+        from veriswarm.node.serve import run_node
+
+        run_node(cfg, _password())
+    elif choice.span is not None:
+        from veriswarm.node.multiserve import run_span
+
+        run_span(cfg, _password(), choice.span)
+    else:
+        from veriswarm.node.autoplace import Policy
+        from veriswarm.node.autorun import AutoOptions, run_auto
+
+        policy = Policy(**{k: v for k, v in {"threshold": move_threshold, "cooldown_s": cooldown_s}.items()
+                           if v is not None})
+        options = AutoOptions(**{k: v for k, v in {"peers_file": peers, "memory_budget": memory_budget,
+                                                   "recheck_s": recheck_s, "drain_s": drain_s}.items()
+                                 if v is not None}, policy=policy)
+        run_auto(cfg, _password(), options)
 
 
 @app.command("generate")
