@@ -3,7 +3,8 @@
 Prints a human-readable table and, last, one JSON line:
     {"split_tok_s", "mono_tok_s", "ratio", "ttft_s", ...}
 tok/s = generated tokens / wall time of the whole generation (prefill included), median of the runs,
-the paths interleaved so that drift on the machine hits them alike. ``split`` is the default path
+the paths interleaved so that drift on the machine hits them alike. The baseline is the monolithic model
+at its best thread count (measured, not assumed). ``split`` is the default path
 (server-to-server relay); the client-mediated path (the client forwards between hops) is measured too.
 """
 
@@ -49,7 +50,13 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--shards", type=int, default=4)
-    ap.add_argument("--node-threads", type=int, default=0, help="torch threads per node process (0: default)")
+    ap.add_argument("--node-threads", type=int, default=1,
+                    help="torch threads per node process (0: torch's default); LocalSwarm's default is 1")
+    ap.add_argument("--client-threads", type=int, default=1,
+                    help="torch threads of this process while it runs the split client (its embeddings and LM "
+                         "head); the monolithic model is measured at every thread count in --mono-threads")
+    ap.add_argument("--mono-threads", default=f"1,{torch.get_num_threads()}",
+                    help="thread counts to run the monolithic model at; its best median is the baseline")
     args = ap.parse_args()
 
     source = resolve_source(None)
@@ -65,8 +72,12 @@ def main() -> None:
             client.generate_ids(ids, max_new_tokens=4, ignore_eos=True)
             direct.generate_ids(ids, max_new_tokens=4, ignore_eos=True)
             mono_run(model, ids, 4)
-            split_tok_s, mono_tok_s, split_ttft, mono_ttft, direct_tok_s = [], [], [], [], []
+            split_tok_s, split_ttft, direct_tok_s = [], [], []
+            mono_threads = [int(t) for t in args.mono_threads.split(",")]
+            mono: dict[int, tuple[list[float], list[float]]] = {t: ([], []) for t in mono_threads}
+            default_threads = torch.get_num_threads()
             for _ in range(args.runs):
+                torch.set_num_threads(args.client_threads)
                 g = client.generate_ids(ids, max_new_tokens=args.tokens, ignore_eos=True)
                 assert len(g.token_ids) == args.tokens and g.relayed_steps == args.tokens
                 split_tok_s.append(args.tokens / g.total_s)
@@ -74,19 +85,29 @@ def main() -> None:
                 d = direct.generate_ids(ids, max_new_tokens=args.tokens, ignore_eos=True)
                 assert d.token_ids == g.token_ids and d.relayed_steps == 0
                 direct_tok_s.append(args.tokens / d.total_s)
-                total, ttft = mono_run(model, ids, args.tokens)
-                mono_tok_s.append(args.tokens / total)
-                mono_ttft.append(ttft)
+                for t in mono_threads:
+                    torch.set_num_threads(t)
+                    total, ttft = mono_run(model, ids, args.tokens)
+                    mono[t][0].append(args.tokens / total)
+                    mono[t][1].append(ttft)
+                torch.set_num_threads(default_threads)
+    best = max(mono_threads, key=lambda t: statistics.median(mono[t][0]))
+    mono_tok_s, mono_ttft = mono[best]
     s, m, dm = statistics.median(split_tok_s), statistics.median(mono_tok_s), statistics.median(direct_tok_s)
     print(f"prompt tokens {len(ids)}, generated {args.tokens}, shards {args.shards}, runs {args.runs}, "
-          f"torch threads {torch.get_num_threads()}, cores {os.cpu_count()}")
-    print(f"split, relay {s:7.2f} tok/s   ttft {statistics.median(split_ttft) * 1000:7.1f} ms   runs {[round(v, 1) for v in split_tok_s]}")
-    print(f"split, client-mediated {dm:7.2f} tok/s   runs {[round(v, 1) for v in direct_tok_s]}")
-    print(f"monolithic {m:7.2f} tok/s   ttft {statistics.median(mono_ttft) * 1000:7.1f} ms   runs {[round(v, 1) for v in mono_tok_s]}")
+          f"node threads {args.node_threads}, client threads {args.client_threads}, cores {os.cpu_count()}")
+    print(f"split, relay            {s:7.2f} tok/s   ttft {statistics.median(split_ttft) * 1000:7.1f} ms   "
+          f"runs {[round(v, 1) for v in split_tok_s]}")
+    print(f"split, client-mediated  {dm:7.2f} tok/s   runs {[round(v, 1) for v in direct_tok_s]}")
+    for t in mono_threads:
+        print(f"monolithic, {t} thread(s) {statistics.median(mono[t][0]):7.2f} tok/s   ttft "
+              f"{statistics.median(mono[t][1]) * 1000:7.1f} ms   runs {[round(v, 1) for v in mono[t][0]]}"
+              + ("   <- baseline (best)" if t == best else ""))
     print(json.dumps({"split_tok_s": round(s, 3), "mono_tok_s": round(m, 3), "ratio": round(s / m, 4),
                       "ttft_s": round(statistics.median(split_ttft), 4),
                       "mono_ttft_s": round(statistics.median(mono_ttft), 4),
                       "client_mediated_tok_s": round(dm, 3), "client_mediated_ratio": round(dm / m, 4),
+                      "mono_threads": best, "node_threads": args.node_threads, "client_threads": args.client_threads,
                       "load_avg_1m": round(os.getloadavg()[0], 2), "tokens": args.tokens,
                       "shards": args.shards, "runs": args.runs}))
 
