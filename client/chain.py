@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -73,6 +74,9 @@ class ChainSession:
         self.relay_max_frame_bytes = relay_max_frame_bytes
         self.relay_steps = 0
         self.relay_fallbacks: list[str] = []
+        #: first-hop nonces of relayed steps given up on (settled by asking each node): only their results
+        #: may still arrive late and be ignored; any other result that is not this step's is a bad relay
+        self._abandoned: deque[str] = deque(maxlen=64)
 
     @property
     def route(self) -> list[str]:
@@ -247,9 +251,11 @@ class ChainSession:
                                                        frame_sizes=[len(frame)]), frame))
             receipts, frames = await self._await_relay(orders)
         except ReceiptError as exc:
+            self._abandoned.append(nonces[0])
             self._relay_off(f"relayed result is malformed: {exc}")
             return None
         except RemoteError as exc:
+            self._abandoned.append(nonces[0])
             # A node died or could not reach the next one: ask each node this step, keep relaying after
             # (a failover re-points the relay). A relay refused twice is not a passing fault: stop.
             self.relay_fallbacks.append(str(exc))
@@ -265,6 +271,7 @@ class ChainSession:
                 checked.append(self._verify(hop, receipts[i], frames[i], frames[i + 1], step=hop.step, start=start,
                                             nonce=nonces[i], shape=shape))
         except ReceiptError as exc:
+            self._abandoned.append(nonces[0])
             # Every node checked its upstream's signature, so an altered receipt that gets this far was
             # altered by a relay: stop trusting relays for this session.
             self._relay_off(f"relayed chain failed the client's check: {exc}")
@@ -297,7 +304,7 @@ class ChainSession:
                 for task in done:
                     i = tasks.pop(task)
                     reply, payload = task.result()  # RemoteError: that node's link is gone
-                    if _stale(reply, orders, i):
+                    if _stale(reply, orders, i, self._abandoned):
                         # A late push about an earlier step that was already settled another way (a relay
                         # that completed after the client had asked each node itself): not this step's news.
                         log.debug("session %s…: dropping a stale %s from %s", self.session_id[:18], reply.type, orders[i].url)
@@ -348,11 +355,13 @@ class ChainSession:
                 await hop.link.close(self.session_id)
 
 
-def _stale(reply: object, orders: list[HopOrder], i: int) -> bool:
-    """Is this push about an earlier step than the one ordered now?"""
+def _stale(reply: object, orders: list[HopOrder], i: int, abandoned: deque[str]) -> bool:
+    """Is this push about an earlier step than the one ordered now? A result counts as stale only for a
+    relayed step the client gave up on; any other result that is not this step's is checked (and fails)."""
     if isinstance(reply, RelayResult):
         first = reply.receipts[0] if reply.receipts else {}
-        return isinstance(first, dict) and first.get("request_nonce") != orders[0].request_nonce
+        nonce = first.get("request_nonce") if isinstance(first, dict) else None
+        return nonce != orders[0].request_nonce and nonce in abandoned
     if isinstance(reply, ErrorReply) and reply.code in ("relay_failed", "unknown_session") and reply.step is not None:
         return reply.step != orders[i].step
     return False

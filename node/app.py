@@ -303,7 +303,8 @@ async def _relay_step(st: NodeState, owner: int, req: RelayStep, payload: memory
         return
     assert st.relay is not None  # created by the app's cleanup context before any request
     nxt = RelayStep(session_id=req.session_id, orders=req.orders, receipts=receipt_dicts, frame_sizes=sizes)
-    await st.relay.send(req.orders[hop + 1].url, encode_envelope(nxt, body))
+    await st.relay.send(req.orders[hop + 1].url, encode_envelope(nxt, body), session_id=req.session_id,
+                        step=req.orders[hop + 1].step)
 
 
 async def _relay_task(st: NodeState, sender: web.WebSocketResponse, req: RelayStep, payload: memoryview) -> None:
@@ -335,15 +336,14 @@ async def _push_error(st: NodeState, req: RelayStep, exc: ProtocolError, sender:
         await ws.send_bytes(message)
 
 
-async def _refused_downstream(st: NodeState, session_id: str, reason: str) -> None:
-    try:
-        owner = st.sessions.relayed(session_id).owner
-    except ProtocolError:
+async def _refused_downstream(st: NodeState, session_id: str, step: int | None, reason: str) -> None:
+    session = st.sessions.peek(session_id)
+    if session is None:
         return
-    ws = st.connections.get(owner)
+    ws = st.connections.get(session.owner)
     if ws is not None and not ws.closed:
         err = ProtocolError(ErrorCode.RELAY_FAILED, reason)
-        await ws.send_bytes(encode_envelope(error_reply(err, session_id=session_id)))
+        await ws.send_bytes(encode_envelope(error_reply(err, session_id=session_id, step=step)))
 
 
 def _ws_error(st: NodeState, exc: ProtocolError, data: bytes | None) -> bytes:
@@ -443,7 +443,7 @@ async def _executor_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _relay_ctx(app: web.Application) -> AsyncIterator[None]:
     st = app[STATE]
     st.relay = RelayLinks(timeout_s=10.0, max_msg_bytes=st.config.max_body_bytes + 64 * 1024,
-                          on_refused=lambda sid, why: _refused_downstream(st, sid, why))
+                          on_refused=lambda sid, step, why: _refused_downstream(st, sid, step, why))
     await st.relay.start()
     yield
     for task in list(st.tasks):

@@ -18,8 +18,9 @@ import aiohttp
 from veriswarm.errors import ErrorCode, ProtocolError
 from veriswarm.protocol import PROTOCOL_VERSION, VERSION_HEADER, ErrorReply, decode_reply
 
-#: called with (session id, reason) when a next hop refuses a relayed step it cannot pin on a session
-OnRefused = Callable[[str, str], Awaitable[None]]
+#: called with (session id, step, reason) when a next hop refuses a relayed step it cannot pin on a session,
+#: or its connection drops with relayed steps sent on it
+OnRefused = Callable[[str, int | None, str], Awaitable[None]]
 
 log = logging.getLogger("veriswarm.node.relay")
 
@@ -35,13 +36,21 @@ class RelayLinks:
         self._links: dict[str, aiohttp.ClientWebSocketResponse] = {}
         self._readers: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        #: per next-hop URL, the last step relayed for each session: who to warn if that connection drops
+        #: (no acknowledgement comes back on a relay link, so "sent on it" is all a node can know)
+        self._sent: dict[str, dict[str, int]] = {}
 
     async def start(self) -> None:
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s))
 
-    async def send(self, url: str, message: bytes) -> None:
+    async def send(self, url: str, message: bytes, *, session_id: str, step: int) -> None:
         """Send one relay message to the node at ``url``; ProtocolError(RELAY_FAILED) if it can't be."""
         ws = await self._link(url)
+        sent = self._sent.setdefault(url, {})
+        sent.pop(session_id, None)
+        sent[session_id] = step
+        while len(sent) > 1024:  # bounded: the oldest sessions are the least likely still in flight
+            sent.pop(next(iter(sent)))
         try:
             await ws.send_bytes(message)
         except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
@@ -84,7 +93,17 @@ class RelayLinks:
             # The next hop answers a relayed step only when it has no session to blame it on (e.g. it
             # restarted): tell our client at once rather than let it wait for its timeout.
             if isinstance(reply, ErrorReply) and reply.session_id and self.on_refused is not None:
-                await self.on_refused(reply.session_id, f"next hop {url} refused the relayed step: {reply.message}")
+                await self.on_refused(reply.session_id, reply.step,
+                                      f"next hop {url} refused the relayed step: {reply.message}")
+        # The connection is gone (the next node died, or dropped it mid-frame): the steps relayed on it may
+        # never arrive. Warn their clients now; a client that already has its result ignores a stale warning.
+        if self._links.get(url) is ws:
+            self._links.pop(url, None)
+            self._readers.pop(url, None)
+        sent = self._sent.pop(url, {})
+        if self.on_refused is not None:
+            for session_id, step in sent.items():
+                await self.on_refused(session_id, step, f"the connection to the next hop {url} closed")
 
     async def _drop(self, url: str) -> None:
         ws = self._links.pop(url, None)

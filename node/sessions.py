@@ -68,6 +68,10 @@ class SessionStore:
         session.last_used = time.monotonic()
         return session
 
+    def peek(self, session_id: str) -> Session | None:
+        """The session if it is open here (no ownership check, no use recorded)."""
+        return self._sessions.get(session_id)
+
     def relayed(self, session_id: str) -> Session:
         """A session addressed by a relayed step, which may arrive on any connection (the relay's
         signed receipts, not the connection, authorise it)."""
