@@ -10,7 +10,8 @@
 * :class:`Deployment` is the file ``veriswarm devnet up`` writes and nodes, verifiers, the settlement job
   and the SDK read: chain id, RPC URL, contract addresses and ABI paths, parameters, and (devnet only) the
   test accounts' keys.
-* EIP-712 helpers for the quorum-signed types (Verdict, Veto, Settlement) and node registration.
+* EIP-712 helpers for the quorum-signed types (Verdict, VerifierFault, Veto, Settlement) and node registration.
+* Slashing helpers: nodes (``slash_equivocation``, ``slash_with_verdict``) and verifiers (``slash_verifier``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,8 @@ STAKING_PARAM_NAMES = ("minStake", "minVerifierStake", "challengeBond", "challen
 NODE_STATUS = ("none", "active", "unbonding")
 SLASH_STATUS = ("none", "pending", "executed", "vetoed")
 VERDICT_TYPEHASH = keccak(text="Verdict(address node,bytes32 evidenceHash,uint16 slashBps,uint64 deadline)")
+VERIFIER_FAULT_TYPEHASH = keccak(
+    text="VerifierFault(address verifier,uint8 kind,bytes32 evidenceHash,uint16 slashBps,uint64 deadline)")
 VETO_TYPEHASH = keccak(text="Veto(uint256 slashId,bytes32 evidenceId)")
 SETTLEMENT_TYPEHASH = keccak(text="Settlement(uint64 epoch,bytes32 root,uint256 total)")
 #: Gas money a node keeps on top of its stake to pay for its own registration transactions.
@@ -428,6 +432,14 @@ def verdict_digest(chain_id: int, staking: str, node: str, evidence_hash: bytes,
     return typed_digest(chain_id, staking, struct)
 
 
+def verifier_fault_digest(chain_id: int, staking: str, verifier: str, kind: int, evidence_hash: bytes, slash_bps: int,
+                          deadline: int) -> bytes:
+    """EIP-712 digest of ``VerifierFault`` (Staking domain): what the *other* verifiers sign to slash ``verifier``."""
+    struct = keccak(VERIFIER_FAULT_TYPEHASH + bytes(12) + _b(verifier) + int(kind).to_bytes(32, "big") + evidence_hash
+                    + slash_bps.to_bytes(32, "big") + deadline.to_bytes(32, "big"))
+    return typed_digest(chain_id, staking, struct)
+
+
 def veto_digest(chain_id: int, staking: str, slash_id: int, evidence_id: bytes) -> bytes:
     return typed_digest(chain_id, staking, keccak(VETO_TYPEHASH + slash_id.to_bytes(32, "big") + evidence_id))
 
@@ -638,3 +650,61 @@ def slash_with_verdict(deployment: Deployment, reporter_key: str | bytes, node: 
     receipt = staking.transact(reporter_key, "slashWithVerdict", (to_checksum_address(node), evidence_hash, slash_bps,
                                                                   deadline), sigs, value=bond)
     return staking.events(receipt, "SlashProposed")[0]
+
+
+class VerifierFaultKind(IntEnum):
+    """``Staking.VerifierFaultKind``: what a slashed verifier did."""
+
+    HONEYPOT_APPROVAL = 0  # approved a known-answer session with a planted fault
+    VOTE_AGAINST_OUTCOME = 1  # signed a vote against an outcome the quorum decided
+
+
+@dataclass(frozen=True)
+class VerifierSlash:
+    """An executed ``Staking.slashVerifier`` (its ``VerifierSlashed`` event and transaction)."""
+
+    verifier: str
+    kind: VerifierFaultKind
+    evidence_id: bytes
+    amount: int  # wei taken from the verifier's stake
+    reporter: str
+    reporter_reward: int  # credited to the reporter; amount - reporter_reward went to the treasury
+    remaining_stake: int
+    left_quorum: bool  # an active verifier left below minVerifierStake is moved to unbonding
+    tx_hash: str
+    gas_used: int
+
+
+def verifier_evidence_id(verifier: str, evidence_hash: bytes) -> bytes:
+    """The evidence id Staking derives for a verifier fault: one slash per (verifier, evidenceHash)."""
+    from eth_abi import encode
+
+    return keccak(encode(["uint8", "address", "bytes32"], [2, to_checksum_address(verifier), evidence_hash]))
+
+
+def slash_verifier(deployment: Deployment, reporter_key: str | bytes, verifier: str, kind: VerifierFaultKind,
+                   evidence_hash: bytes, slash_bps: int, deadline: int,
+                   verifier_keys: Sequence[str | bytes] | None = None, *, chain: Chain | None = None) -> VerifierSlash:
+    """Slash ``verifier``'s stake by ``slash_bps`` (≤ ``MAX_VERIFIER_SLASH_BPS``) for a fault signed by a 2/3
+    stake-weighted quorum of the *other* active verifiers (``verifier_keys``; default: the deployment's verifiers
+    but the accused, whose signature the contract refuses). Executes at once, no bond: the reporter is credited
+    ``reporterShareBps`` of the amount, the treasury the rest. Reverts (``ContractRevert``) with
+    ``QuorumNotReached``, ``AccusedSigned``, ``EvidenceAlreadyUsed``, ``UnexpectedVerifierStatus``,
+    ``VerifierSlashBpsTooHigh``..."""
+    chain = chain or deployment.chain()
+    staking = deployment.staking_contract(chain)
+    accused = to_checksum_address(verifier)
+    if verifier_keys is None:
+        verifier_keys = [v.key for v in deployment.verifiers if to_checksum_address(v.address) != accused]
+    digest = verifier_fault_digest(deployment.chain_id, deployment.staking, accused, int(kind), evidence_hash, slash_bps,
+                                   deadline)
+    sigs = quorum_signatures(digest, list(verifier_keys))
+    receipt = staking.transact(reporter_key, "slashVerifier", (accused, int(kind), evidence_hash, slash_bps, deadline),
+                               sigs)
+    [event] = staking.events(receipt, "VerifierSlashed")
+    left = bool(staking.events(receipt, "VerifierUnbondRequested"))
+    return VerifierSlash(verifier=to_checksum_address(event["verifier"]), kind=VerifierFaultKind(event["kind"]),
+                         evidence_id=bytes(event["evidenceId"]), amount=int(event["amount"]),
+                         reporter=to_checksum_address(event["reporter"]), reporter_reward=int(event["reporterReward"]),
+                         remaining_stake=int(event["remainingStake"]), left_quorum=left, tx_hash=receipt.tx_hash,
+                         gas_used=receipt.gas_used)

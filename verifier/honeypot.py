@@ -3,8 +3,8 @@
 A honeypot is a session on one shard, computed with the real shard code and signed by a honeypot node
 key (registered like any node), in which one step's output carries a planted fault. It is submitted to a
 verifier exactly like real hops. A verifier that re-executes finds the fault; one that approves without
-checking is caught approving a known-bad session — evidence against its bond or stake share. (On-chain
-penalties for verifiers are not in the contracts yet: see docs/verification.md.)
+checking is caught approving a known-bad session — evidence against its bond or stake share: its signed pass
+slashes its stake on chain through ``VerifierQuorum.penalise_honeypot_approval`` (docs/verification.md).
 """
 
 from __future__ import annotations

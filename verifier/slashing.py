@@ -1,4 +1,5 @@
-"""Turn proven faults into on-chain slashes (Staking.slashWithVerdict / slashEquivocation).
+"""Turn proven faults into on-chain slashes (Staking.slashWithVerdict / slashEquivocation for nodes,
+Staking.slashVerifier for verifiers).
 
 On the devnet the verifier quorum's keys are all in the deployment file, so one process can gather the
 quorum signature; in production each verifier signs the verdict digest and the signatures are collected
@@ -8,12 +9,20 @@ quorum signature; in production each verifier signs the verdict digest and the s
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from eth_utils import keccak
 
-from veriswarm.incentives.chain import Deployment, slash_equivocation, slash_with_verdict
+from veriswarm.incentives.chain import (
+    Deployment,
+    VerifierFaultKind,
+    VerifierSlash,
+    slash_equivocation,
+    slash_verifier,
+    slash_with_verdict,
+)
 from veriswarm.receipts import Receipt
 
 log = logging.getLogger("veriswarm.verifier")
@@ -40,3 +49,15 @@ class ChainSlasher:
         event = slash_equivocation(self.deployment, self.reporter_key, first, second)
         log.warning("equivocation slash proposed on chain: %s", event)
         return event
+
+    def verifier_fault(self, verifier: str, kind: VerifierFaultKind, evidence_hash: bytes, slash_bps: int,
+                       signer_keys: Sequence[str | bytes] | None = None) -> VerifierSlash:
+        """Slash a verifier's stake (``Staking.slashVerifier``), signed by the other verifiers: ``signer_keys``, or
+        on the devnet every deployment verifier but the accused."""
+        chain = self.deployment.chain()
+        deadline = chain.timestamp() + self.deadline_s
+        slashed = slash_verifier(self.deployment, self.reporter_key, verifier, kind, evidence_hash, slash_bps, deadline,
+                                 signer_keys, chain=chain)
+        log.warning("verifier %s slashed on chain (%s): %d wei, %d wei left%s", verifier, kind.name.lower(),
+                    slashed.amount, slashed.remaining_stake, ", out of the quorum" if slashed.left_quorum else "")
+        return slashed

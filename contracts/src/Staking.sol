@@ -5,7 +5,7 @@ import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
 import {IVerifierQuorum} from "./interfaces/IVerifierQuorum.sol";
-import {Receipt, Verdict, VeriswarmHashes} from "./VeriswarmTypes.sol";
+import {Receipt, Verdict, VerifierFault, VeriswarmHashes} from "./VeriswarmTypes.sol";
 
 /// @title Staking
 /// @notice Node registry, node and verifier stake (native ETH), the verifier quorum, and slashing
@@ -16,8 +16,8 @@ import {Receipt, Verdict, VeriswarmHashes} from "./VeriswarmTypes.sol";
 /// same contract means a slash is an internal move between buckets of one ledger: no cross-contract
 /// ETH transfer, no privileged "slasher" role on the registry, no re-entrancy surface between two
 /// contracts, and the accounting invariant `balance == Σ liabilities` is checked on a single
-/// contract. It also makes this contract the EIP-712 `verifyingContract` for receipts, verdicts
-/// and vetoes.
+/// contract. It also makes this contract the EIP-712 `verifyingContract` for receipts, verdicts,
+/// verifier faults and vetoes.
 ///
 /// Node state machine (see README): None → Active (register) → Unbonding (requestUnbond) →
 /// None (withdraw, record deleted). "Jailed" is orthogonal: a node is jailed while it has a
@@ -48,6 +48,12 @@ contract Staking is EIP712, ReentrancyGuard, IVerifierQuorum {
     enum SlashKind {
         Equivocation,
         Verdict
+    }
+
+    /// @notice What a slashed verifier did (the `kind` of a {VerifierFault}).
+    enum VerifierFaultKind {
+        HoneypotApproval, // approved a known-answer session with a planted fault
+        VoteAgainstOutcome // signed a vote against an outcome the quorum decided
     }
 
     /// @notice Lifecycle of a slash.
@@ -97,7 +103,8 @@ contract Staking is EIP712, ReentrancyGuard, IVerifierQuorum {
         string endpoint;
     }
 
-    /// @notice A verifier. Only `Active` verifiers count in the quorum.
+    /// @notice A verifier. Only `Active` verifiers count in the quorum. `stake` is fixed at registration
+    /// and only ever lowered, by {slashVerifier}.
     struct Verifier {
         uint128 stake;
         uint64 activatesAt;
@@ -127,6 +134,8 @@ contract Staking is EIP712, ReentrancyGuard, IVerifierQuorum {
     uint16 public constant MAX_REPORTER_SHARE_BPS = 1_000;
     /// @notice Maximum endpoint length in bytes.
     uint256 public constant MAX_ENDPOINT_LENGTH = 256;
+    /// @notice Hard cap on the share of a verifier's stake one {slashVerifier} can take (50%).
+    uint16 public constant MAX_VERIFIER_SLASH_BPS = 5_000;
 
     /// @notice See {Params}.
     uint256 public immutable minStake;
@@ -230,6 +239,12 @@ contract Staking is EIP712, ReentrancyGuard, IVerifierQuorum {
     error InvalidSlashBps(uint256 slashBps);
     /// @notice The slash is not pending.
     error SlashNotPending(uint256 slashId, SlashStatus status);
+    /// @notice A verifier slash above MAX_VERIFIER_SLASH_BPS.
+    error VerifierSlashBpsTooHigh(uint256 slashBps, uint256 maxBps);
+    /// @notice The fault kind is not a {VerifierFaultKind}.
+    error InvalidFaultKind(uint8 kind);
+    /// @notice The accused verifier signed its own fault (its stake must not count toward the quorum).
+    error AccusedSigned(address verifier);
     /// @notice The veto window of the slash has closed.
     error VetoWindowClosed(uint256 slashId, uint64 executableAt);
     /// @notice The veto window of the slash is still open.
@@ -276,6 +291,18 @@ contract Staking is EIP712, ReentrancyGuard, IVerifierQuorum {
     /// @notice A slash was executed after its veto window; the node is jailed until `jailedUntil`.
     event SlashExecuted(
         uint256 indexed slashId, address indexed node, uint256 amount, uint256 reporterReward, uint64 jailedUntil
+    );
+    /// @notice A verifier was slashed `amount` wei (executed at once): `reporterReward` credited to the
+    /// reporter, the rest to the treasury. `remainingStake` is what it keeps; below `minVerifierStake`
+    /// an active verifier also leaves the quorum (a {VerifierUnbondRequested} event follows).
+    event VerifierSlashed(
+        address indexed verifier,
+        VerifierFaultKind indexed kind,
+        bytes32 evidenceId,
+        uint256 amount,
+        address reporter,
+        uint256 reporterReward,
+        uint256 remainingStake
     );
     /// @notice `account` was credited `amount` wei (withdraw with {withdrawOwed}).
     event Credited(address indexed account, uint256 amount);
@@ -453,18 +480,7 @@ contract Staking is EIP712, ReentrancyGuard, IVerifierQuorum {
 
     /// @inheritdoc IVerifierQuorum
     function checkQuorum(bytes32 digest, bytes[] calldata signatures) public view returns (uint256 signedStake) {
-        uint256 total = totalVerifierStake;
-        if (total == 0) revert NoVerifiers();
-        address previous;
-        for (uint256 i; i < signatures.length; ++i) {
-            address signer = ECDSA.recoverCalldata(digest, signatures[i]);
-            if (signer <= previous) revert SignersNotSorted(previous, signer);
-            Verifier storage v = verifiers[signer];
-            if (v.status != VerifierStatus.Active) revert NotActiveVerifier(signer);
-            signedStake += v.stake;
-            previous = signer;
-        }
-        if (signedStake * 3 < total * 2) revert QuorumNotReached(signedStake, total);
+        return _checkQuorum(digest, signatures, address(0), totalVerifierStake);
     }
 
     // ---------------------------------------------------------------------------------------
@@ -511,6 +527,62 @@ contract Staking is EIP712, ReentrancyGuard, IVerifierQuorum {
         checkQuorum(verdictDigest(v), signatures);
         bytes32 evidenceId = keccak256(abi.encode(SlashKind.Verdict, v.node, v.evidenceHash));
         slashId = _openSlash(v.node, SlashKind.Verdict, evidenceId, v.slashBps);
+    }
+
+    /// @notice Slashes a verifier's stake for a fault signed by a 2/3 stake-weighted quorum of the *other*
+    /// active verifiers: the accused's stake is left out of the denominator and its own signature is
+    /// refused. Executes at once (no veto window: the only body that could veto is the quorum that
+    /// signed); the reporter (`msg.sender`, no bond) is credited `reporterShareBps` of the amount, the
+    /// treasury the rest. Active and unbonding verifiers are slashable (stake stays slashable until
+    /// {withdrawVerifier}); an active verifier left below `minVerifierStake` leaves the quorum and
+    /// starts unbonding.
+    /// @dev The fault itself rests on the quorum: the contract checks who signed it, not the
+    /// off-chain evidence (the accused's signed vote or honeypot verdict) behind `evidenceHash`.
+    /// @param f The fault (accused, kind, evidence hash, bps <= MAX_VERIFIER_SLASH_BPS, deadline).
+    /// @param signatures Signatures of other active verifiers over {verifierFaultDigest}, sorted by signer.
+    /// @return amount The wei taken from the verifier's stake.
+    function slashVerifier(VerifierFault calldata f, bytes[] calldata signatures) external returns (uint256 amount) {
+        if (block.timestamp > f.deadline) revert VerdictExpired(f.deadline, block.timestamp);
+        if (f.slashBps > MAX_VERIFIER_SLASH_BPS) revert VerifierSlashBpsTooHigh(f.slashBps, MAX_VERIFIER_SLASH_BPS);
+        if (f.kind > uint8(type(VerifierFaultKind).max)) revert InvalidFaultKind(f.kind);
+        address accused = f.verifier;
+        Verifier storage v = verifiers[accused];
+        VerifierStatus status = v.status;
+        if (status != VerifierStatus.Active && status != VerifierStatus.Unbonding) {
+            revert UnexpectedVerifierStatus(accused, status);
+        }
+        // The accused's weight is not part of the quorum it is judged by (it is already out if unbonding).
+        uint256 total = totalVerifierStake;
+        uint256 others = status == VerifierStatus.Active ? total - v.stake : total;
+        _checkQuorum(verifierFaultDigest(f), signatures, accused, others);
+        bytes32 evidenceId = keccak256(abi.encode(uint8(2), accused, f.evidenceHash));
+        if (evidenceUsed[evidenceId]) revert EvidenceAlreadyUsed(evidenceId);
+        evidenceUsed[evidenceId] = true;
+        // Effects only, no interaction: the slashed wei move from the verifier's stake into pull credits.
+        // bps <= MAX_VERIFIER_SLASH_BPS < BPS, so amount < stake (and fits 'uint128').
+        uint128 stake = v.stake;
+        // forge-lint: disable-next-line(unsafe-typecast)
+        uint128 cut = uint128(uint256(stake) * f.slashBps / BPS);
+        uint128 remaining = stake - cut;
+        v.stake = remaining;
+        if (status == VerifierStatus.Active) {
+            total -= cut;
+            if (remaining < minVerifierStake) {
+                // Below the minimum: out of the quorum, unbonding (still slashable until withdrawn).
+                total -= remaining;
+                --activeVerifierCount;
+                uint64 unlockAt = uint64(block.timestamp) + unbondingDelay;
+                v.status = VerifierStatus.Unbonding;
+                v.unlockAt = unlockAt;
+                emit VerifierUnbondRequested(accused, unlockAt, total);
+            }
+            totalVerifierStake = total;
+        }
+        amount = cut;
+        uint256 reward = amount * reporterShareBps / BPS;
+        emit VerifierSlashed(accused, VerifierFaultKind(f.kind), evidenceId, amount, msg.sender, reward, remaining);
+        _credit(msg.sender, reward);
+        _credit(treasury, amount - reward);
     }
 
     /// @notice Cancels a pending slash during its veto window (verifier quorum). The escrowed amount
@@ -624,6 +696,11 @@ contract Staking is EIP712, ReentrancyGuard, IVerifierQuorum {
         return _hashTypedDataV4(VeriswarmHashes.hashVerdict(v));
     }
 
+    /// @notice EIP-712 digest the other verifiers sign to slash the verifier of `f`.
+    function verifierFaultDigest(VerifierFault calldata f) public view returns (bytes32) {
+        return _hashTypedDataV4(VeriswarmHashes.hashVerifierFault(f));
+    }
+
     /// @notice EIP-712 digest verifiers sign to veto slash `slashId` (whose evidence id is `evidenceId`).
     function vetoDigest(uint256 slashId, bytes32 evidenceId) public view returns (bytes32) {
         return _hashTypedDataV4(VeriswarmHashes.hashVeto(slashId, evidenceId));
@@ -663,6 +740,28 @@ contract Staking is EIP712, ReentrancyGuard, IVerifierQuorum {
             evidenceId: evidenceId
         });
         emit SlashProposed(slashId, node, kind, evidenceId, amount, msg.sender, executableAt);
+    }
+
+    /// @dev Sums the stake of the active verifiers that signed `digest` (strictly ascending signers) and
+    /// reverts unless it reaches 2/3 of `total`. `excluded` may not sign (address(0): nobody excluded,
+    /// ECDSA never recovers it).
+    function _checkQuorum(bytes32 digest, bytes[] calldata signatures, address excluded, uint256 total)
+        internal
+        view
+        returns (uint256 signedStake)
+    {
+        if (total == 0) revert NoVerifiers();
+        address previous;
+        for (uint256 i; i < signatures.length; ++i) {
+            address signer = ECDSA.recoverCalldata(digest, signatures[i]);
+            if (signer <= previous) revert SignersNotSorted(previous, signer);
+            if (signer == excluded) revert AccusedSigned(signer);
+            Verifier storage v = verifiers[signer];
+            if (v.status != VerifierStatus.Active) revert NotActiveVerifier(signer);
+            signedStake += v.stake;
+            previous = signer;
+        }
+        if (signedStake * 3 < total * 2) revert QuorumNotReached(signedStake, total);
     }
 
     function _pendingSlash(uint256 slashId) internal view returns (Slash storage s) {

@@ -32,6 +32,24 @@ struct Verdict {
     uint64 deadline;
 }
 
+/// @notice A verifier's fault, signed (EIP-712) by a stake-weighted 2/3 quorum of the *other* active
+/// verifiers: the accused's own stake is taken out of the quorum denominator and its signature is refused.
+/// @param verifier The verifier found at fault.
+/// @param kind What it did: 0 = approved a planted-fault honeypot, 1 = signed a vote against a decided
+/// quorum outcome (see {Staking-VerifierFaultKind}).
+/// @param evidenceHash Hash of the off-chain evidence (e.g. the digest of the accused's signed vote);
+/// a (verifier, evidenceHash) pair can be used once, whatever the kind or slashBps.
+/// @param slashBps Share of the verifier's current stake to slash, in basis points
+/// (<= Staking.MAX_VERIFIER_SLASH_BPS).
+/// @param deadline Unix time (seconds) after which the fault can no longer be submitted.
+struct VerifierFault {
+    address verifier;
+    uint8 kind;
+    bytes32 evidenceHash;
+    uint16 slashBps;
+    uint64 deadline;
+}
+
 /// @title VeriswarmHashes
 /// @notice EIP-712 type hashes and struct hashes shared by the veriswarm contracts and tests.
 library VeriswarmHashes {
@@ -45,6 +63,10 @@ library VeriswarmHashes {
     /// @dev keccak256 of the Verdict type string.
     bytes32 internal constant VERDICT_TYPEHASH =
         keccak256("Verdict(address node,bytes32 evidenceHash,uint16 slashBps,uint64 deadline)");
+
+    /// @dev keccak256 of the VerifierFault type string (quorum of the other verifiers slashes a verifier).
+    bytes32 internal constant VERIFIER_FAULT_TYPEHASH =
+        keccak256("VerifierFault(address verifier,uint8 kind,bytes32 evidenceHash,uint16 slashBps,uint64 deadline)");
 
     /// @dev keccak256 of the Veto type string (verifier quorum cancels a pending slash).
     bytes32 internal constant VETO_TYPEHASH = keccak256("Veto(uint256 slashId,bytes32 evidenceId)");
@@ -67,6 +89,12 @@ library VeriswarmHashes {
     /// @notice EIP-712 struct hash of a verdict.
     function hashVerdict(Verdict calldata v) internal pure returns (bytes32) {
         return keccak256(abi.encode(VERDICT_TYPEHASH, v.node, v.evidenceHash, v.slashBps, v.deadline));
+    }
+
+    /// @notice EIP-712 struct hash of a verifier fault.
+    function hashVerifierFault(VerifierFault calldata f) internal pure returns (bytes32) {
+        return
+            keccak256(abi.encode(VERIFIER_FAULT_TYPEHASH, f.verifier, f.kind, f.evidenceHash, f.slashBps, f.deadline));
     }
 
     /// @notice EIP-712 struct hash of a veto.

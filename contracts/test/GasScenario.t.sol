@@ -2,7 +2,8 @@
 pragma solidity ^0.8.24;
 
 import {RewardsFixtures, MerkleHelper} from "./utils/Fixtures.sol";
-import {Receipt} from "../src/VeriswarmTypes.sol";
+import {Receipt, VerifierFault} from "../src/VeriswarmTypes.sol";
+import {Staking} from "../src/Staking.sol";
 
 /// @notice One representative call of each main entry point, for the README's gas table:
 /// `forge test --isolate --gas-report --match-contract GasScenarioTest` (isolate = each call is
@@ -75,6 +76,13 @@ contract GasScenarioTest is RewardsFixtures {
         uint256 id = staking.slashWithVerdict{value: BOND}(verdictFor(node, evidence, 1_000), sigs);
         (,,,,,,, bytes32 evidenceId) = staking.slashes(id);
         staking.vetoSlash(id, _threeOfFour(staking.vetoDigest(id, evidenceId)));
+    }
+
+    /// @dev The devnet case: 20% of a 10-ether verifier, which leaves it below the minimum (ejected).
+    function test_gas_slashVerifier() public {
+        VerifierFault memory f =
+            faultFor(vm.addr(verifierKeys[3]), Staking.VerifierFaultKind.VoteAgainstOutcome, keccak256("vote"), 2_000);
+        staking.slashVerifier(f, _threeOfFour(staking.verifierFaultDigest(f)));
     }
 
     receive() external payable {}

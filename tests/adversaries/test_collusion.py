@@ -2,7 +2,7 @@
 (and re-executes everyone else's honestly, so honeypots from other keys do not expose it). Three verifiers
 of equal stake vote; the two honest ones hold 2/3 of the stake, so the fault is decided, slashed on a real
 anvil with their signatures alone, the colluder cannot veto it, and its signed dissenting vote costs it part
-of its (off-chain) bond."""
+of its bond: booked off chain and slashed on chain (``Staking.slashVerifier``, signed by the two others)."""
 
 from __future__ import annotations
 
@@ -18,10 +18,12 @@ from veriswarm.incentives.chain import (
     Chain,
     ContractRevert,
     Deployment,
+    VerifierFaultKind,
     as_key,
     ensure_registered,
     quorum_signatures,
     slash_with_verdict,
+    verifier_evidence_id,
     veto_digest,
 )
 from veriswarm.manifest import ModelDir
@@ -31,6 +33,7 @@ from veriswarm.verifier.core import Verifier, VerifierConfig
 from veriswarm.verifier.honeypot import judge, make_honeypot, signed_session
 from veriswarm.verifier.quorum import QuorumError, VerifierQuorum, Vote, group_votes, votes_of
 from veriswarm.verifier.reexec import SessionVerdict, StepCheck
+from veriswarm.verifier.slashing import ChainSlasher
 
 ETHER = 10**18
 
@@ -53,7 +56,8 @@ class ColludingVerifier(Verifier):
         return out + super().audit_due(force=force)
 
 
-def test_a_colluding_verifier_is_outvoted_by_stake_and_penalised(tiny_dir: Path, devnet: Deployment, chain: Chain) -> None:
+def test_a_colluding_verifier_is_outvoted_by_stake_and_penalised(tiny_dir: Path, devnet: Deployment, chain: Chain,
+                                                                 record_property: Any) -> None:
     md = ModelDir.open(tiny_dir)
     shard = load_shard(md, 1)
     staking = devnet.staking_contract(chain)
@@ -82,7 +86,9 @@ def test_a_colluding_verifier_is_outvoted_by_stake_and_penalised(tiny_dir: Path,
         assert judge(pot, list(v.verdicts)) == "caught"  # the colluder looks honest to honeypots
         votes += votes_of(verdicts, key)
 
-    quorum = VerifierQuorum.from_chain(staking, [v.address for v in devnet.verifiers], penalty_bps=2000)
+    reporter = devnet.accounts[3]
+    quorum = VerifierQuorum.from_chain(staking, [v.address for v in devnet.verifiers], penalty_bps=2000,
+                                       slasher=ChainSlasher(devnet, reporter.key))
     assert len(quorum.stakes) == 3 and len(set(quorum.stakes.values())) == 1  # equal stakes: 1/3 each
     stake_before = dict(quorum.stakes)
     outcomes = {key[2]: quorum.decide(vs) for key, vs in group_votes(votes).items()}
@@ -110,12 +116,32 @@ def test_a_colluding_verifier_is_outvoted_by_stake_and_penalised(tiny_dir: Path,
         slash_with_verdict(devnet, devnet.accounts[3].key, address_of(honest_key), os.urandom(32), 5000, deadline,
                            [keys[2]], chain=chain)
 
-    # The colluder's own signed vote against the decided fault is the evidence of its penalty.
+    # The colluder's own signed vote against the decided fault is the evidence of its penalty: booked here and
+    # slashed on chain with a VerifierFault signed by the two others (its own stake out of the quorum).
+    total_before = int(staking.call("totalVerifierStake"))
+    treasury_before = int(staking.call("owed", devnet.params["treasury"]))
     [penalty] = quorum.settle(fault)
     assert penalty.verifier == colluder and penalty.vote.signer() == colluder and penalty.vote.passed
     assert penalty.amount == stake_before[colluder] // 5
-    assert quorum.stakes[colluder] == stake_before[colluder] - penalty.amount
+    assert penalty.kind == VerifierFaultKind.VOTE_AGAINST_OUTCOME and not penalty.onchain_error
+    slashed = penalty.onchain
+    assert slashed is not None and slashed.verifier == colluder and slashed.amount == penalty.amount
+    record = staking.call("verifiers", colluder)
+    assert int(record["stake"]) == stake_before[colluder] - penalty.amount == slashed.remaining_stake
+    # 10 ETH - 20 % < minVerifierStake (10 ETH): the colluder also left the quorum (unbonding, still slashable)
+    assert slashed.left_quorum and int(record["status"]) == 3 and colluder not in quorum.stakes
+    assert int(staking.call("totalVerifierStake")) == total_before - stake_before[colluder]
+    assert staking.call("evidenceUsed", verifier_evidence_id(colluder, penalty.vote.digest()))
+    assert slashed.reporter == reporter.address
+    assert int(staking.call("owed", reporter.address)) == slashed.reporter_reward == penalty.amount // 10
+    assert int(staking.call("owed", devnet.params["treasury"])) - treasury_before == penalty.amount - slashed.reporter_reward
+    print(f"\nslashVerifier gas: {slashed.gas_used} (2 signatures, verifier left the quorum)")
+    record_property("slashVerifier_gas", slashed.gas_used)
     assert all(quorum.stakes[v.address] == stake_before[v.address] for v in devnet.verifiers[:2])
+    # The same vote cannot be slashed twice: the chain refuses the evidence, the book records why.
+    [again] = quorum.settle(fault)
+    assert again.onchain is None and "EvidenceAlreadyUsed" in again.onchain_error and again.amount == 0
+    assert int(staking.call("verifiers", colluder)["stake"]) == slashed.remaining_stake
     assert quorum.settle(outcomes[good[0].receipt.session_id]) == []  # nobody dissented on the honest session
 
 

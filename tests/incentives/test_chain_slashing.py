@@ -1,5 +1,5 @@
 """Slashing on a real anvil, driven from Python: equivocation by anyone, quorum verdicts (jail), unbonding
-nodes, vetoes, and evidence that cannot be used twice."""
+nodes, vetoes, evidence that cannot be used twice, and verifier stake slashed by the other verifiers."""
 
 from __future__ import annotations
 
@@ -13,11 +13,15 @@ from veriswarm.incentives.chain import (
     Chain,
     ContractRevert,
     Deployment,
+    VerifierFaultKind,
     ensure_registered,
     equivocation_evidence_id,
     quorum_signatures,
     slash_equivocation,
+    slash_verifier,
     slash_with_verdict,
+    verifier_evidence_id,
+    verifier_fault_digest,
     veto_digest,
 )
 from veriswarm.receipts import Receipt, address_of, hex32
@@ -148,3 +152,30 @@ def test_the_quorum_can_veto_a_pending_slash(devnet: Deployment, chain: Chain) -
     assert staking.call("owed", node) == int(devnet.params["challengeBond"])  # the reporter's bond goes to the node
     with pytest.raises(ContractRevert, match="SlashNotPending"):
         staking.transact(devnet.accounts[0].key, "finalizeSlash", event["slashId"])
+
+
+def test_a_verifier_is_slashed_by_the_other_verifiers_only(devnet: Deployment, chain: Chain) -> None:
+    staking = devnet.staking_contract(chain)
+    accused, reporter = devnet.verifiers[2], devnet.accounts[3]
+    evidence, deadline = os.urandom(32), chain.timestamp() + 3600
+    fault = (accused.address, int(VerifierFaultKind.VOTE_AGAINST_OUTCOME), evidence, 1000, deadline)
+    assert staking.call("verifierFaultDigest", fault) == verifier_fault_digest(devnet.chain_id, devnet.staking, *fault)
+    # its own signature is refused; one other verifier (10 of the 20 ETH left without it) is no quorum
+    with pytest.raises(ContractRevert, match="AccusedSigned"):
+        slash_verifier(devnet, reporter.key, accused.address, VerifierFaultKind.VOTE_AGAINST_OUTCOME, evidence, 1000,
+                       deadline, [v.key for v in devnet.verifiers], chain=chain)
+    with pytest.raises(ContractRevert, match="QuorumNotReached"):
+        slash_verifier(devnet, reporter.key, accused.address, VerifierFaultKind.VOTE_AGAINST_OUTCOME, evidence, 1000,
+                       deadline, [devnet.verifiers[0].key], chain=chain)
+    with pytest.raises(ContractRevert, match="VerifierSlashBpsTooHigh"):
+        slash_verifier(devnet, reporter.key, accused.address, VerifierFaultKind.VOTE_AGAINST_OUTCOME, evidence, 5001,
+                       deadline, chain=chain)
+    slashed = slash_verifier(devnet, reporter.key, accused.address, VerifierFaultKind.VOTE_AGAINST_OUTCOME, evidence,
+                             1000, deadline, chain=chain)  # default signers: every verifier but the accused
+    assert (slashed.verifier, slashed.amount, slashed.remaining_stake) == (accused.address, ETHER, 9 * ETHER)
+    assert slashed.left_quorum and slashed.evidence_id == verifier_evidence_id(accused.address, evidence)
+    assert int(staking.call("totalVerifierStake")) == 20 * ETHER and int(staking.call("activeVerifierCount")) == 2
+    assert int(staking.call("owed", reporter.address)) == slashed.reporter_reward == ETHER // 10
+    with pytest.raises(ContractRevert, match="EvidenceAlreadyUsed"):  # still slashable while unbonding, not twice
+        slash_verifier(devnet, reporter.key, accused.address, VerifierFaultKind.HONEYPOT_APPROVAL, evidence, 500,
+                       deadline, chain=chain)

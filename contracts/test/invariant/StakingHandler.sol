@@ -3,7 +3,7 @@ pragma solidity ^0.8.24;
 
 import {Vm} from "../utils/Vm.sol";
 import {Staking} from "../../src/Staking.sol";
-import {Receipt, Verdict} from "../../src/VeriswarmTypes.sol";
+import {Receipt, Verdict, VerifierFault} from "../../src/VeriswarmTypes.sol";
 
 /// @notice Drives {Staking} through random sequences of node, verifier and slashing actions for
 /// the invariant tests, and keeps ghost state for what cannot be read back from the contract.
@@ -30,6 +30,8 @@ contract StakingHandler {
     bool public ghostEvidenceReused;
     bool public ghostWithdrawWhileJailed;
     uint256 public ghostSlashesOpened;
+    bool public ghostVerifierSlashWrong;
+    uint256 public ghostVerifierSlashes;
     mapping(bytes32 => bool) internal _seenEvidence;
     mapping(string => uint256) public calls;
 
@@ -184,6 +186,34 @@ contract StakingHandler {
         calls["slashVerdict"]++;
     }
 
+    /// @dev Slashes any verifier (core or extra; active or unbonding, or reverting otherwise) with a
+    /// fault signed by the active core verifiers other than the accused; the reporter is credited.
+    function slashVerifier(uint8 accusedSeed, uint256 reporterSeed, uint16 bps, uint8 evidenceSeed, bool honeypot)
+        external
+    {
+        address[] memory vs = verifierAccounts();
+        address accused = vs[accusedSeed % vs.length];
+        VerifierFault memory f = VerifierFault({
+            verifier: accused,
+            kind: honeypot ? 0 : 1,
+            evidenceHash: keccak256(abi.encode("vfault", evidenceSeed % 16)),
+            slashBps: uint16(_bound(bps, 0, staking.MAX_VERIFIER_SLASH_BPS())),
+            deadline: uint64(block.timestamp + 1 hours)
+        });
+        bytes[] memory sigs = _quorumSigsExcept(staking.verifierFaultDigest(f), accused);
+        bytes32 evidenceId = keccak256(abi.encode(uint8(2), accused, f.evidenceHash));
+        (uint128 stakeBefore,,,) = staking.verifiers(accused);
+        vm.prank(reporters[reporterSeed % REPORTER_COUNT]);
+        uint256 amount = staking.slashVerifier(f, sigs);
+        (uint128 stakeAfter,,,) = staking.verifiers(accused);
+        // never above the cap (50%), and exactly what left the verifier's stake
+        if (amount * 2 > stakeBefore || stakeBefore - stakeAfter != amount) ghostVerifierSlashWrong = true;
+        if (_seenEvidence[evidenceId]) ghostEvidenceReused = true;
+        _seenEvidence[evidenceId] = true;
+        ++ghostVerifierSlashes;
+        calls["slashVerifier"]++;
+    }
+
     function veto(uint256 slashSeed) external {
         if (slashIds.length == 0) return;
         uint256 id = slashIds[slashSeed % slashIds.length];
@@ -280,12 +310,20 @@ contract StakingHandler {
         return abi.encodePacked(r, s, v);
     }
 
-    /// @dev Signatures of the core verifier set, sorted by signer address.
+    /// @dev Signatures of the active core verifiers, sorted by signer address.
     function _quorumSigs(bytes32 digest) internal view returns (bytes[] memory sigs) {
-        uint256 n = verifierKeys.length;
-        uint256[] memory keys = new uint256[](n);
-        for (uint256 i; i < n; ++i) {
-            keys[i] = verifierKeys[i];
+        return _quorumSigsExcept(digest, address(0));
+    }
+
+    /// @dev Signatures of the active core verifiers other than `excluded`, sorted by signer address
+    /// (a core verifier slashed below the minimum has left the quorum and no longer signs).
+    function _quorumSigsExcept(bytes32 digest, address excluded) internal view returns (bytes[] memory sigs) {
+        uint256[] memory keys = new uint256[](verifierKeys.length);
+        uint256 n;
+        for (uint256 i; i < verifierKeys.length; ++i) {
+            address v = vm.addr(verifierKeys[i]);
+            (,,, Staking.VerifierStatus status) = staking.verifiers(v);
+            if (v != excluded && status == Staking.VerifierStatus.Active) keys[n++] = verifierKeys[i];
         }
         for (uint256 i = 1; i < n; ++i) {
             uint256 k = keys[i];

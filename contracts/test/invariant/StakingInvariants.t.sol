@@ -15,7 +15,7 @@ contract StakingInvariantTest is Fixtures {
         handler = new StakingHandler(staking, verifierKeys);
         handler.bootstrap();
         targetContract(address(handler));
-        FuzzSelector memory sel = FuzzSelector({addr: address(handler), selectors: new bytes4[](15)});
+        FuzzSelector memory sel = FuzzSelector({addr: address(handler), selectors: new bytes4[](16)});
         sel.selectors[0] = StakingHandler.register.selector;
         sel.selectors[1] = StakingHandler.addStake.selector;
         sel.selectors[2] = StakingHandler.updateShard.selector;
@@ -31,12 +31,14 @@ contract StakingInvariantTest is Fixtures {
         sel.selectors[12] = StakingHandler.veto.selector;
         sel.selectors[13] = StakingHandler.finalize.selector;
         sel.selectors[14] = StakingHandler.withdrawOwed.selector;
+        sel.selectors[15] = StakingHandler.slashVerifier.selector;
         targetSelector(sel); // everything except bootstrap()
     }
 
     /// @dev Solvency: every wei held is owed to exactly one bucket.
-    /// balance == Σ node stake (active + unbonding) + Σ verifier stake + Σ pending slash escrow
-    ///            (amount + bond) + Σ pull-payment credits.
+    /// balance == Σ node stake (active + unbonding) + Σ verifier stake (active, pending, unbonding;
+    ///            net of verifier slashes) + Σ pending slash escrow (amount + bond) + Σ pull-payment
+    ///            credits (incl. the reporter/treasury shares of verifier slashes).
     function invariant_balanceEqualsLiabilities() public view {
         uint256 sum;
         for (uint256 i; i < handler.nodeCount(); ++i) {
@@ -75,11 +77,13 @@ contract StakingInvariantTest is Fixtures {
         assertEq(staking.activeVerifierCount(), n, "activeVerifierCount");
     }
 
-    /// @dev A slash never exceeds the stake it was taken from; evidence is never used twice;
-    /// nobody withdraws while jailed.
+    /// @dev A slash never exceeds the stake it was taken from (a verifier slash never exceeds the 50%
+    /// cap and is exactly what left the verifier's stake); evidence is never used twice; nobody
+    /// withdraws while jailed.
     function invariant_slashSafety() public view {
         assertFalse(handler.ghostSlashExceededStake(), "slash exceeded stake");
         assertFalse(handler.ghostEvidenceReused(), "evidence reused");
+        assertFalse(handler.ghostVerifierSlashWrong(), "verifier slash above cap or mis-accounted");
         assertFalse(handler.ghostWithdrawWhileJailed(), "withdrew while jailed");
         assertEq(staking.slashCount(), handler.ghostSlashesOpened(), "slash count");
     }

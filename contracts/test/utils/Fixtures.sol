@@ -5,7 +5,7 @@ import {Test} from "./Test.sol";
 import {Staking} from "../../src/Staking.sol";
 import {Rewards} from "../../src/Rewards.sol";
 import {IVerifierQuorum} from "../../src/interfaces/IVerifierQuorum.sol";
-import {Receipt, Verdict} from "../../src/VeriswarmTypes.sol";
+import {Receipt, Verdict, VerifierFault} from "../../src/VeriswarmTypes.sol";
 
 /// @notice Shared deployment, keys and signing helpers for the veriswarm tests.
 abstract contract Fixtures is Test {
@@ -157,6 +157,57 @@ abstract contract Fixtures is Test {
         vm.deal(reporter, BOND);
         vm.prank(reporter);
         slashId = staking.slashWithVerdict{value: BOND}(v, sigs);
+    }
+
+    function faultFor(address verifier, Staking.VerifierFaultKind kind, bytes32 evidence, uint16 bps)
+        internal
+        view
+        returns (VerifierFault memory)
+    {
+        return VerifierFault({
+            verifier: verifier,
+            kind: uint8(kind),
+            evidenceHash: evidence,
+            slashBps: bps,
+            deadline: uint64(block.timestamp + 1 hours)
+        });
+    }
+
+    /// @dev Signatures over the fault's digest by every set-up verifier except the accused.
+    function otherVerifierSigs(VerifierFault memory f) internal view returns (bytes[] memory) {
+        uint256 n;
+        for (uint256 i; i < verifierKeys.length; ++i) {
+            if (vm.addr(verifierKeys[i]) != f.verifier) ++n;
+        }
+        uint256[] memory keys = new uint256[](n);
+        n = 0;
+        for (uint256 i; i < verifierKeys.length; ++i) {
+            if (vm.addr(verifierKeys[i]) != f.verifier) keys[n++] = verifierKeys[i];
+        }
+        return quorumSigs(keys, staking.verifierFaultDigest(f));
+    }
+
+    /// @dev Slashes `verifier` with a fault signed by all the other set-up verifiers, as `reporter`.
+    function verifierSlash(
+        address verifier,
+        Staking.VerifierFaultKind kind,
+        bytes32 evidence,
+        uint16 bps,
+        address reporter
+    ) internal returns (uint256 amount) {
+        VerifierFault memory f = faultFor(verifier, kind, evidence, bps);
+        bytes[] memory sigs = otherVerifierSigs(f);
+        vm.prank(reporter);
+        amount = staking.slashVerifier(f, sigs);
+    }
+
+    function verifierStake(address verifier) internal view returns (uint256 stake) {
+        (uint128 s,,,) = staking.verifiers(verifier);
+        stake = s;
+    }
+
+    function verifierStatus(address verifier) internal view returns (Staking.VerifierStatus status) {
+        (,,, status) = staking.verifiers(verifier);
     }
 
     function slashAmount(uint256 slashId) internal view returns (uint256 amount) {
