@@ -97,11 +97,16 @@ async def prove(request: web.Request) -> web.Response:
 
 
 def add_prove_route(app: web.Application, config: ZkConfig | None = None) -> None:
-    """Register ``POST /v1/prove`` on a node app (before it starts). Keys and SRS come from ``config``'s
-    caches (default: ``$VERISWARM_ZK_CACHE`` / ``$VERISWARM_SRS_DIR``); nothing is downloaded."""
+    """Register the dispute endpoints on a node app (before it starts): ``POST /v1/prove`` and
+    ``POST /v1/trace`` (node/trace.py, the per-layer transcript that narrows a dispute to one layer first).
+    Keys and SRS come from ``config``'s caches (default: ``$VERISWARM_ZK_CACHE`` / ``$VERISWARM_SRS_DIR``);
+    nothing is downloaded."""
+    from .trace import add_trace_route  # imported here: trace.py imports this module
+
     app[PROVE_LOCK] = asyncio.Lock()
     app[ZK_CONFIG] = config or ZkConfig()
     app.router.add_post(PROVE_PATH, prove)
+    add_trace_route(app)
 
 
 __all__ = ["PROVE_PATH", "ProveRequest", "add_prove_route", "node_slice_weights", "prove"]

@@ -27,6 +27,7 @@ from .sampling import AuditBeacon
 from .slashing import ChainSlasher
 
 if TYPE_CHECKING:  # ezkl is loaded only by a verifier that is given a ZkAuditor
+    from .trace import TraceEvidence
     from .zkaudit import ZkAuditor, ZkEvidence
 
 log = logging.getLogger("veriswarm.verifier")
@@ -82,7 +83,8 @@ class Verifier:
         self._shards: dict[int, ShardModel] = {}
         self._lock = threading.Lock()
         self.stats = {"received": 0, "audited_sessions": 0, "skipped_sessions": 0, "faults": 0, "dropped": 0,
-                      "links_checked": 0, "link_faults": 0, "zk_challenges": 0, "zk_failed": 0}
+                      "links_checked": 0, "link_faults": 0, "zk_challenges": 0, "zk_failed": 0,
+                      "traces": 0, "traces_failed": 0, "traces_located": 0}
 
     def shard(self, index: int) -> ShardModel:
         if index not in self._shards:
@@ -192,34 +194,50 @@ class Verifier:
             # output depends on all earlier inputs): one prefill, and no work past what was drawn.
             records = records[: max(selected) + 1]
             verdict = reexecute_session(self.shard(shard), records, self.domain)
-            self._record(verdict, records, self._dispute(verdict, records))
+            self._record(verdict, records, *self._dispute(verdict, records))
             out.append(verdict)
         return out
 
-    def _dispute(self, verdict: SessionVerdict, records: list[HopRecord]) -> ZkEvidence | None:
-        """After a re-execution disagreement, challenge the node for a zk proof of a random registered slice
-        of the first disputed step (None: no zk auditor, no disagreement, or a structural fault, which needs
-        no compute to judge)."""
+    def _dispute(self, verdict: SessionVerdict, records: list[HopRecord]) -> tuple[ZkEvidence | None, TraceEvidence | None]:
+        """After a re-execution disagreement, narrow the first disputed step down to one layer (the node's
+        signed per-layer transcript, verifier/trace.py), then challenge the node for a zk proof of a registered
+        slice of that layer (of a random one when nothing was located). (None, None): no zk auditor, no
+        disagreement, or a structural fault, which needs no compute to judge."""
         first = verdict.first_failure
         if self.zk is None or verdict.problem or first is None:
-            return None
+            return None, None
+        shard = self.shard(verdict.shard_index)
+        trace = None
+        if self.zk.tracer is not None:
+            try:
+                trace = self.zk.tracer.challenge(shard, records, first.step)
+            except Exception as exc:  # the verifier's own side failed: no trace evidence, the proof still runs
+                log.error("trace of %s could not be run: %s: %s", verdict.node_address, type(exc).__name__, exc)
+            if trace is not None:
+                self.stats["traces"] += 1
+                self.stats["traces_failed"] += int(trace.status in ("invalid", "missing"))
+                self.stats["traces_located"] += int(trace.status == "located")
         try:
-            evidence = self.zk.challenge(self.shard(verdict.shard_index), records, first.step)
+            evidence = self.zk.challenge(shard, records, first.step, trace=trace)
         except Exception as exc:  # the verifier's own side failed (e.g. its key cache): no evidence either way,
             # and the re-execution verdict must still be recorded
             log.error("zk challenge of %s could not be run: %s: %s", verdict.node_address, type(exc).__name__, exc)
-            return None
+            return None, trace
         if evidence is not None:
             self.stats["zk_challenges"] += 1
             self.stats["zk_failed"] += int(evidence.failing)
-        return evidence
+        return evidence, trace
 
-    def _record(self, verdict: SessionVerdict, records: list[HopRecord], zk: ZkEvidence | None = None) -> None:
+    def _record(self, verdict: SessionVerdict, records: list[HopRecord], zk: ZkEvidence | None = None,
+                trace: TraceEvidence | None = None) -> None:
         self.stats["audited_sessions"] += 1
-        summary = verdict.summary() + (f"; {zk.summary()}" if zk is not None else "")
+        summary = (verdict.summary() + (f"; {trace.summary()}" if trace is not None else "")
+                   + (f"; {zk.summary()}" if zk is not None else ""))
         entry: dict[str, object] = {"kind": "audit", "node": verdict.node_address, "shard": verdict.shard_index,
                                     "session": verdict.session_id, "passed": verdict.passed, "summary": summary,
                                     "time": time.time()}
+        if trace is not None:  # the located layer and the per-layer numbers (hashes, not the frames)
+            entry["trace"] = trace.to_json()
         if zk is not None:
             entry["zk"] = {k: v for k, v in zk.to_json().items() if k not in ("proof", "claimed_output")}
         self.verdicts.append(entry)
@@ -241,6 +259,8 @@ class Verifier:
                                   "session": verdict.session_id, "shard": verdict.shard_index}
         if zk is not None:  # the signed claim and proof (or why there is none) travel with the evidence
             detail["zk"] = zk.to_json()
+        if trace is not None:  # the signed transcript, frames included, so anyone can redo the layer check
+            detail["trace"] = trace.to_json(frames=True)
         slash_id = self.ledger.record_slash(verdict.node_address, bad[0], "verdict", detail)
         entry["evidence"] = bad[0]
         if self.slasher is not None:

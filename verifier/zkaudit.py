@@ -1,8 +1,10 @@
 """A zk proof after every disagreement: the dispute step of an audit.
 
-When re-execution disagrees with a node on a session (verifier/core.py), the verifier challenges the node
-(``POST /v1/prove`` on the URL the hop was served from) to prove a randomly chosen **pre-registered**
-slice of the disputed hop: ``rows`` output rows of one matrix of one layer of the node's shard, at one
+When re-execution disagrees with a node on a session (verifier/core.py), the verifier first asks the node
+for its signed per-layer transcript of the disputed step (``POST /v1/trace``, verifier/trace.py), which
+locates the first layer the node computed wrongly; it then challenges the node (``POST /v1/prove`` on the
+URL the hop was served from) to prove a **pre-registered** slice of that layer (of a random layer when
+nothing was located): ``rows`` output rows of one matrix of one layer of the node's shard, at one
 position of the disputed step, on the committed inputs (steps 0..step of the session on that shard, the
 frames whose sha256 the node's own receipts sign). The verifier
 
@@ -34,11 +36,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from eth_utils import keccak
 
 from veriswarm.errors import ProtocolError
-from veriswarm.frames import DTYPE_NAMES, decode_tensor
 from veriswarm.manifest import ModelDir
 from veriswarm.protocol import PROTOCOL_VERSION, VERSION_HEADER
 from veriswarm.sinks import HopRecord
@@ -52,6 +52,7 @@ from veriswarm.zkwire import (
     encode_prove_request,
 )
 
+from .trace import TraceAuditor, TraceEvidence, session_hidden
 from .zk import (
     ProofError,
     SliceProof,
@@ -112,6 +113,8 @@ class ZkEvidence:
     claimed_output: list[float] | None = None
     signature: str = ""
     seconds: float = 0.0
+    #: the layer the trace located (the slice was drawn in it); None: drawn among all registered slices
+    trace_layer: int | None = None
 
     @property
     def failing(self) -> bool:
@@ -129,14 +132,7 @@ class ZkEvidence:
                 "session": self.session_id, "step": self.step, "token": self.token, "detail": self.detail,
                 "claimed_vs_reference": self.claimed_vs_reference, "proven_vs_reference": self.proven_vs_reference,
                 "tolerance": self.tolerance, "input_quanta": self.input_quanta, "proof": self.proof, "claimed_output": self.claimed_output,
-                "signature": self.signature, "seconds": round(self.seconds, 3)}
-
-
-def session_hidden(records: Sequence[HopRecord], step: int) -> torch.Tensor:
-    """The committed inputs of steps 0..step as one [1, P, H] float32 prefill (what re-execution runs)."""
-    parts = [decode_tensor(r.input_frame, max_bytes=MAX_FRAME, dtypes=frozenset(DTYPE_NAMES.values())).to(torch.float32)
-             for r in records[: step + 1]]
-    return torch.cat(parts, dim=1)
+                "signature": self.signature, "seconds": round(self.seconds, 3), "trace_layer": self.trace_layer}
 
 
 class ZkAuditor:
@@ -145,15 +141,24 @@ class ZkAuditor:
     ``registry``: the pre-registered slices (their vks derived from the manifest's artifacts) — the
     candidates a challenge draws from. ``deadline_s``: how long a node has to answer (network + proving).
     ``secret``: seeds the slice and position draw (default random; pass the audit beacon's secret so that
-    the draw can be checked after the reveal).
+    the draw can be checked after the reveal). ``tracer``: the bisection step run before the proof
+    (default: a :class:`TraceAuditor` with the same deadline; ``trace=False``: none). ``model_dir`` (set by
+    :meth:`for_slices` / :meth:`sampled`): lets a dispute register, on demand, a slice of a located layer
+    that has none registered (its vk derived from the committed artifact like any registered slice).
     """
 
     def __init__(self, registry: VkRegistry, *, deadline_s: float = 60.0, secret: bytes | None = None,
-                 post: Post = http_post) -> None:
+                 post: Post = http_post, tracer: TraceAuditor | None = None, trace: bool = True,
+                 model_dir: ModelDir | None = None, config: ZkConfig | None = None,
+                 matrices: Sequence[str] = DISPUTE_MATRICES) -> None:
         self.registry = registry
         self.deadline_s = deadline_s
         self.secret = secret if secret is not None else os.urandom(32)
         self.post = post
+        self.tracer = tracer if tracer is not None else (TraceAuditor(deadline_s=deadline_s) if trace else None)
+        self.model_dir = model_dir
+        self.config = config
+        self.matrices = tuple(matrices)
 
     @classmethod
     def for_slices(cls, model_dir: ModelDir, specs: Sequence[SliceSpec], *, config: ZkConfig | None = None,
@@ -162,7 +167,7 @@ class ZkAuditor:
         registry = VkRegistry()
         for spec in specs:
             register_slice(model_dir, spec, config=config, registry=registry)
-        return cls(registry, **kw)
+        return cls(registry, model_dir=model_dir, config=config, **kw)
 
     @classmethod
     def sampled(cls, model_dir: ModelDir, per_shard: int, *, seed: bytes, matrices: Sequence[str] = DISPUTE_MATRICES,
@@ -177,39 +182,69 @@ class ZkAuditor:
         for shard in manifest.shards:
             cands = all_slices(manifest, shard.index, matrices=matrices)
             specs += sample_slices(cands, min(per_shard, len(cands)), seed=seed + shard.index.to_bytes(4, "big"))
-        return cls.for_slices(model_dir, specs, config=config, **kw)
+        return cls.for_slices(model_dir, specs, config=config, matrices=matrices, **kw)
 
     def candidates(self, manifest_hash: str, shard_index: int) -> list[SliceSpec]:
         return sorted((e.spec for e in self.registry if e.spec.shard == shard_index and e.spec.manifest_hash == manifest_hash),
                       key=lambda s: s.slice_id)
 
-    def draw(self, records: Sequence[HopRecord], step: int) -> tuple[SliceSpec, int] | None:
-        """The slice and absolute position to prove for a disputed step (None: no slice registered for the shard)."""
+    def draw(self, records: Sequence[HopRecord], step: int, *, layer: int | None = None,
+             token: int | None = None) -> tuple[SliceSpec, int] | None:
+        """The slice and absolute position to prove for a disputed step (None: no slice registered for the shard).
+
+        ``layer``/``token``: where the trace located the fault; the slice is drawn among that layer's
+        slices (registered on demand if none is) and proven at that token."""
         r = records[step].receipt
         cands = self.candidates(r.manifest_hash, r.shard_index)
+        seed = keccak(self.secret + bytes.fromhex(r.receipt_id()[2:]))
+        if layer is not None:
+            in_layer = [c for c in cands if c.layer == layer] or self._register_in_layer(r.shard_index, layer, seed)
+            cands = in_layer or cands  # none could be registered: a random registered slice, as without a trace
         if not cands:
             return None
-        seed = keccak(self.secret + bytes.fromhex(r.receipt_id()[2:]))
         spec = sample_slices(cands, 1, seed=seed)[0]
-        token = r.start_pos + int.from_bytes(keccak(seed), "big") % r.num_tokens
+        if token is None or not r.start_pos <= token < r.start_pos + r.num_tokens:
+            token = r.start_pos + int.from_bytes(keccak(seed), "big") % r.num_tokens
         return spec, token
 
-    def challenge(self, shard: ShardModel, records: Sequence[HopRecord], step: int) -> ZkEvidence | None:
-        """Ask the node that served ``records`` for a proof of a random registered slice of step ``step``.
+    def _register_in_layer(self, shard: int, layer: int, seed: bytes) -> list[SliceSpec]:
+        """Register one slice of ``layer`` (drawn from ``seed``) when the menu has none there; [] if impossible."""
+        if self.model_dir is None:
+            return []
+        try:
+            cands = [c for c in all_slices(self.model_dir.manifest, shard, matrices=self.matrices) if c.layer == layer]
+            if not cands:
+                return []
+            spec = sample_slices(cands, 1, seed=seed)[0]
+            register_slice(self.model_dir, spec, config=self.config, registry=self.registry)
+        except (ProofError, OSError, RuntimeError, ValueError) as exc:
+            log.error("could not register a slice of layer %d on demand: %s", layer, exc)
+            return []
+        log.info("registered %s on demand for a dispute located in layer %d", spec.describe(), layer)
+        return [spec]
+
+    def challenge(self, shard: ShardModel, records: Sequence[HopRecord], step: int, *,
+                  trace: TraceEvidence | None = None) -> ZkEvidence | None:
+        """Ask the node that served ``records`` for a proof of a registered slice of step ``step``: in the
+        layer ``trace`` located (at its token), else a random one.
 
         ``records``: the node's session on one shard, steps 0.. in order, structurally checked (as
         re-execution leaves them). Returns None when no slice of that shard is registered."""
-        drawn = self.draw(records, step)
+        located = trace is not None and trace.status == "located" and trace.step == step
+        layer = trace.layer if located and trace is not None else None
+        drawn = self.draw(records, step, layer=layer, token=trace.position if located and trace is not None else None)
         if drawn is None:
             log.warning("no zk slice registered for shard %d: dispute without a proof", records[step].receipt.shard_index)
             return None
         spec, token = drawn
+        trace_layer = layer if spec.layer == layer else None
         rec = records[step]
         t0 = time.perf_counter()
         x_ref, y_ref = slice_io(shard, spec, session_hidden(records, step), token=token)
 
         def result(status: str, detail: str = "", **kw: Any) -> ZkEvidence:
-            ev = ZkEvidence(status, spec, rec.receipt.session_id, step, token, detail, seconds=time.perf_counter() - t0, **kw)
+            ev = ZkEvidence(status, spec, rec.receipt.session_id, step, token, detail, seconds=time.perf_counter() - t0,
+                            trace_layer=trace_layer, **kw)
             (log.info if status == "valid" else log.warning)("node %s: %s", rec.node_address, ev.summary())
             return ev
 
