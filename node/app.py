@@ -28,6 +28,7 @@ from veriswarm.manifest import Manifest, ShardSpec
 from veriswarm.protocol import (
     PROTOCOL_VERSION,
     VERSION_HEADER,
+    AnyRequest,
     Closed,
     CloseSession,
     ForwardRequest,
@@ -226,8 +227,7 @@ async def _session_step(st: NodeState, session: Session, *, step: int, start_pos
         return out_frame, receipt
 
 
-async def _ws_message(st: NodeState, owner: int, data: bytes) -> bytes:
-    req, payload = decode_request(data)
+async def _ws_message(st: NodeState, owner: int, req: AnyRequest, payload: memoryview, t0: float) -> bytes:
     if isinstance(req, OpenSession):
         st.metrics.requests.labels("open").inc()
         _check_target(st, req.manifest_hash, req.shard_index)
@@ -245,7 +245,9 @@ async def _ws_message(st: NodeState, owner: int, data: bytes) -> bytes:
         session = st.sessions.get(req.session_id, owner)
         out_frame, receipt = await _session_step(st, session, step=req.step, start_pos=req.start_pos,
                                                  nonce=req.request_nonce, payload=payload)
-        return encode_envelope(result_reply(receipt), out_frame)
+        reply = encode_envelope(result_reply(receipt), out_frame)
+        st.metrics.hop_seconds.observe(time.perf_counter() - t0)
+        return reply
     if isinstance(req, SetUpstream):
         session = st.sessions.get(req.session_id, owner)
         session.upstream = req.upstream.lower() if req.upstream else None
@@ -307,9 +309,11 @@ async def _relay_step(st: NodeState, owner: int, req: RelayStep, payload: memory
                         step=req.orders[hop + 1].step)
 
 
-async def _relay_task(st: NodeState, sender: web.WebSocketResponse, req: RelayStep, payload: memoryview) -> None:
+async def _relay_task(st: NodeState, sender: web.WebSocketResponse, req: RelayStep, payload: memoryview,
+                      t0: float) -> None:
     try:
         await _relay_step(st, id(sender), req, payload)
+        st.metrics.hop_seconds.observe(time.perf_counter() - t0)
     except ProtocolError as exc:
         await _push_error(st, req, exc, sender)
     except Exception:
@@ -368,16 +372,21 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     try:
         async for msg in ws:
             if msg.type == WSMsgType.BINARY:
-                relayed = _as_relay(msg.data)
-                if relayed is not None:
+                t0 = time.perf_counter()
+                try:
+                    req, payload = decode_request(msg.data)
+                except ProtocolError as exc:
+                    await ws.send_bytes(_ws_error(st, exc, None))
+                    continue
+                if isinstance(req, RelayStep):
                     # No reply on this connection: the result goes on to the next node, and the
                     # outcome reaches the client from the last node (or as a pushed error).
-                    task = asyncio.create_task(_relay_task(st, ws, *relayed))
+                    task = asyncio.create_task(_relay_task(st, ws, req, payload, t0))
                     st.tasks.add(task)
                     task.add_done_callback(st.tasks.discard)
                     continue
                 try:
-                    reply = await _ws_message(st, owner, msg.data)
+                    reply = await _ws_message(st, owner, req, payload, t0)
                 except ProtocolError as exc:
                     reply = _ws_error(st, exc, msg.data)
                 except Exception:
@@ -394,16 +403,6 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         st.connections.pop(owner, None)
         st.sessions.close_owned_by(owner)
     return ws
-
-
-def _as_relay(data: bytes) -> tuple[RelayStep, memoryview] | None:
-    """The message decoded if it is a relayed step, else None (other messages, valid or not, take
-    the request/reply path, which answers errors on the same connection)."""
-    try:
-        req, payload = decode_request(data)
-    except ProtocolError:
-        return None
-    return (req, payload) if isinstance(req, RelayStep) else None
 
 
 def make_app(*, config: NodeConfig, manifest: Manifest, shard: ShardModel, private_key: bytes) -> web.Application:
