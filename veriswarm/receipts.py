@@ -17,7 +17,7 @@ import re
 import struct
 import time
 from dataclasses import asdict, dataclass, replace
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import coincurve
 from eth_keys import keys
@@ -41,6 +41,7 @@ ZERO_ADDRESS = "0x" + "00" * 20
 _SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
 _HEX32 = re.compile(r"^0x[0-9a-f]{64}$")
+_SIG = re.compile(r"0x[0-9a-f]{130}")
 _UINT32 = 2**32 - 1
 _UINT64 = 2**64 - 1
 
@@ -128,15 +129,15 @@ class Receipt:
         return hex32(keccak(self.struct_hash() + bytes.fromhex(self.signature[2:])))
 
     def signed(self, private_key: bytes, domain: ReceiptDomain) -> Receipt:
-        sig = keys.PrivateKey(private_key).sign_msg_hash(self.digest(domain))
-        v, r, s = sig.vrs
-        raw = r.to_bytes(32, "big") + s.to_bytes(32, "big") + bytes([v + 27])
-        return replace(self, signature="0x" + raw.hex())
+        # libsecp256k1 (coincurve) signs deterministically (RFC 6979) with a low s, as eth-keys does; the
+        # key object is cached because deriving it costs more than the signature (a node signs every hop).
+        raw = _signing_key(private_key).sign_recoverable(self.digest(domain), hasher=None)
+        return replace(self, signature="0x" + raw[:64].hex() + format(raw[64] + 27, "02x"))
 
     def signer(self, domain: ReceiptDomain) -> NodeAddress:
         """Recover the signing address; raises ReceiptError on a malformed or malleable signature."""
         sig_hex = self.signature
-        if not isinstance(sig_hex, str) or not re.fullmatch(r"0x[0-9a-f]{130}", sig_hex):
+        if not isinstance(sig_hex, str) or not _SIG.fullmatch(sig_hex):
             raise ReceiptError("receipt signature must be 0x + 130 lower-case hex digits (r, s, v)")
         raw = bytes.fromhex(sig_hex[2:])
         r, s, v = int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:64], "big"), raw[64]
@@ -168,6 +169,11 @@ class Receipt:
         receipt = cls(**data)
         receipt.struct_hash()  # validates every field's type and range
         return receipt
+
+
+@lru_cache(maxsize=64)
+def _signing_key(private_key: bytes) -> coincurve.PrivateKey:
+    return coincurve.PrivateKey(private_key)
 
 
 def context_seed(manifest_hash: str, shard_index: int, session_id: str) -> bytes:
