@@ -27,8 +27,9 @@ def api_serve(
     verifier: Annotated[str | None, typer.Option("--verifier", help="verifier URL to send checked hops to")] = None,
     deployment: Annotated[Path | None, typer.Option("--deployment", help="find nodes in this deployment's on-chain "
                                                     "registry (instead of --peers)")] = None,
-    ledger: Annotated[str | None, typer.Option("--ledger", help="ledger database URL to show reputation, slashes and "
-                                               "rewards on the dashboard (read only)")] = None,
+    ledger: Annotated[str | None, typer.Option("--ledger", help="ledger database URL (read only): route by its "
+                                               "verified reputation, never to excluded nodes; show reputation, slashes "
+                                               "and rewards on the dashboard")] = None,
     dashboard: Annotated[bool, typer.Option("--dashboard/--no-dashboard", help="serve the live swarm view at "
                                             "/dashboard")] = True,
 ) -> None:
@@ -45,4 +46,10 @@ def api_serve(
     config.check()
     sources = dashboard_sources(ledger_url=ledger, verifier_url=verifier, deployment=deployment)
     sink = HttpSink(verifier) if verifier else None
-    serve(lambda: AsyncClient(model_dir or default_model_dir(), registry, sink=sink, domain=domain), config, sources)
+    reputation = None
+    if sources.ledger is not None:
+        from veriswarm.incentives.reputation import LedgerReputation
+
+        reputation = LedgerReputation(sources.ledger)  # route by verified reputation; never to excluded nodes
+    serve(lambda: AsyncClient(model_dir or default_model_dir(), registry, sink=sink, domain=domain,
+                              reputation=reputation), config, sources)

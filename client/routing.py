@@ -116,12 +116,15 @@ class Router:
             stats.rtt_s = 0.8 * stats.rtt_s + 0.2 * seconds
 
     def candidates(self, shard: int) -> list[ResolvedPeer]:
-        """Live replicas of a shard, best first: measured latency, then reputation, then claimed load."""
-        live = [s for s in self.peers.values() if s.peer.shard_index == shard and not self._banned(s.peer.url)]
+        """Live replicas of a shard, best first: measured latency weighted by verified reputation, then
+        reputation, then claimed load. A node with reputation 0 (the ledger excluded it) is left out."""
+        rep = {s.peer.url: (self.reputation(s.peer.address) if self.reputation else 1.0) for s in self.peers.values()}
+        live = [s for s in self.peers.values()
+                if s.peer.shard_index == shard and not self._banned(s.peer.url) and rep[s.peer.url] > 0]
 
         def key(s: PeerStats) -> tuple[float, float, int]:
-            rep = self.reputation(s.peer.address) if self.reputation else 1.0
-            return (s.rtt_s / max(rep, 1e-3), -rep, -s.peer.info.free_sessions)
+            r = rep[s.peer.url]
+            return (s.rtt_s / r, -r, -s.peer.info.free_sessions)
 
         return [s.peer for s in sorted(live, key=key)]
 

@@ -6,7 +6,7 @@ import asyncio
 import os
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -66,7 +66,8 @@ class _Tee:
 class AsyncClient:
     def __init__(self, model_dir: str | Path, registry: Registry | str | list[str], *,
                  sink: ReceiptSink | None = None, domain: ReceiptDomain | None = None,
-                 wire_dtype: str = "float32", timeout_s: float = 30.0, relay: bool = True) -> None:
+                 wire_dtype: str = "float32", timeout_s: float = 30.0, relay: bool = True,
+                 reputation: Callable[[str], float] | None = None) -> None:
         self.model_dir = ModelDir.open(model_dir)
         self.manifest = self.model_dir.manifest
         self.registry = registry if not isinstance(registry, (str, list)) else StaticRegistry.from_urls(registry)
@@ -82,8 +83,10 @@ class AsyncClient:
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir.tokenizer_dir()))
+        # ``reputation``: verified reputation by node address (e.g. incentives.reputation.LedgerReputation);
+        # it weights the measured latency, and a node at 0 (excluded by the ledger) is never routed to.
         self.router = Router(self.registry, manifest_hash=self.manifest.hash, num_shards=len(self.manifest.shards),
-                             domain=self.domain, timeout_s=timeout_s)
+                             domain=self.domain, timeout_s=timeout_s, reputation=reputation)
         self._http: aiohttp.ClientSession | None = None
 
     @property
