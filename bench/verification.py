@@ -171,7 +171,7 @@ def main() -> None:
             caught += int(not reexecute_session(shards[1], records, DOMAIN).passed)
         first_cheat = 9 if name == "kv_corrupt" else (2 if name == "replay" else 0)
         detection[name] = {"per_audit_detection": caught / 3,
-                           "steps_to_99pct_at_trusted_rate": steps_to_detect(params.p_min, steps, first_cheat, 400)}
+                           "steps_to_99pct_at_trusted_rate": steps_to_detect(params.p_min, steps, first_cheat, 4000)}
 
     print(f"sessions {args.sessions} x 4 shards, prompt {args.prompt}, decode {args.decode}, cores {os.cpu_count()}")
     print(f"serving compute {serve_t:.2f}s, full re-execution {verify_t:.2f}s ({verify_t / serve_t:.3f} of serving)")

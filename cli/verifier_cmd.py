@@ -27,6 +27,8 @@ def verifier_start(
     zk_slices: Annotated[int, typer.Option("--zk-slices", help="slices per shard pre-registered for the zk proof "
                                               "demanded after every disagreement (0: no proofs)")] = 1,
     zk_deadline_s: Annotated[float, typer.Option("--zk-deadline-s", help="how long a node has to prove")] = 60.0,
+    zk_sample_rate: Annotated[float, typer.Option("--zk-sample-rate", help="share of passing audits also asked for "
+                                                  "a zk slice proof (every disagreement is)")] = 0.05,
 ) -> None:
     """Serve POST /v1/hops, GET /v1/verdicts; audits run in the background."""
     import logging
@@ -49,14 +51,15 @@ def verifier_start(
     (home()).mkdir(parents=True, exist_ok=True)
     ledger = Ledger(url)
     ledger.migrate()
-    if zk_slices < 0 or zk_deadline_s <= 0:
-        raise ConfigError("--zk-slices must be >= 0 and --zk-deadline-s > 0")
+    if zk_slices < 0 or zk_deadline_s <= 0 or not 0 <= zk_sample_rate <= 1:
+        raise ConfigError("--zk-slices must be >= 0, --zk-deadline-s > 0 and --zk-sample-rate in [0, 1]")
     beacon = AuditBeacon()
     zk = None
     if zk_slices:  # vks are derived from the committed artifacts (cached); no SRS is downloaded
         zk = ZkAuditor.sampled(md, zk_slices, seed=beacon.secret, secret=beacon.secret, deadline_s=zk_deadline_s)
     verifier = Verifier(md, ledger=ledger, beacon=beacon, zk=zk,
-                        config=VerifierConfig(address=name, idle_s=idle_s, audit_rate=audit_rate))
+                        config=VerifierConfig(address=name, idle_s=idle_s, audit_rate=audit_rate,
+                                              zk_sample_rate=zk_sample_rate))
     typer.echo(f"veriswarm verifier ready: http://{host}:{port} manifest {md.manifest.hash} "
                f"beacon commitment {verifier.beacon.commitment} ledger {url}")
     try:

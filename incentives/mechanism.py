@@ -29,9 +29,11 @@ class IncentiveParams:
     ema_alpha: float = 0.05
     initial_reputation: float = 0.5
     exclusion_floor: float = 0.2
-    # Per-step audit rate for a node with a perfect record: (1 - 0.025)^200 < 1%, so a node that cheats on
-    # every step is caught within 200 steps with 99% probability (docs/verification.md).
-    p_min: float = 0.025
+    # Per-step audit rate for a node with a perfect record. A node that cheats on every step is caught
+    # within 200 steps with 99% probability once (1 - p)^200 < 1%, p > 0.023; one that cheats only from
+    # the 9th step of each 33-step session (a KV-cache corruption) exposes 25 of every 33 steps, which needs
+    # (1 - p)^151 < 1%, p > 0.030. 0.035 meets both with margin (measured in bench/verification.py).
+    p_min: float = 0.035
     p_max: float = 0.25  # audit rate for a node at the exclusion floor
     safety: float = 2.0  # multiple of the deterrence bound the audit rate keeps
     payout_delay_epochs: int = 1

@@ -8,8 +8,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
+
+from eth_utils import keccak
 
 from veriswarm.errors import ReceiptError, VeriswarmError
 from veriswarm.frames import sha256
@@ -54,6 +56,10 @@ class VerifierConfig:
     epoch_s: float = 3600.0
     #: fixed audit probability; None: from the node's reputation (incentives.mechanism)
     audit_rate: float | None = None
+    #: share of audits that pass re-execution which also ask the node for a zk slice proof (with a zk
+    #: auditor; every disagreement is challenged regardless). Drawn from the beacon's secret, so a node
+    #: cannot tell which sessions will be asked to prove.
+    zk_sample_rate: float = 0.05
 
 
 class Verifier:
@@ -83,7 +89,7 @@ class Verifier:
         self._shards: dict[int, ShardModel] = {}
         self._lock = threading.Lock()
         self.stats = {"received": 0, "audited_sessions": 0, "skipped_sessions": 0, "faults": 0, "dropped": 0,
-                      "links_checked": 0, "link_faults": 0, "zk_challenges": 0, "zk_failed": 0,
+                      "links_checked": 0, "link_faults": 0, "zk_challenges": 0, "zk_sampled": 0, "zk_failed": 0,
                       "traces": 0, "traces_failed": 0, "traces_located": 0}
 
     def shard(self, index: int) -> ShardModel:
@@ -194,9 +200,44 @@ class Verifier:
             # output depends on all earlier inputs): one prefill, and no work past what was drawn.
             records = records[: max(selected) + 1]
             verdict = reexecute_session(self.shard(shard), records, self.domain)
-            self._record(verdict, records, *self._dispute(verdict, records))
+            if verdict.passed:
+                verdict, zk = self._sampled_proof(verdict, records)
+                self._record(verdict, records, zk)
+            else:
+                self._record(verdict, records, *self._dispute(verdict, records))
             out.append(verdict)
         return out
+
+    def _zk_sampled(self, session_id: str, shard: int) -> tuple[bool, int]:
+        """(is this passing audit also asked for a proof, which step): keccak of the beacon's secret, as
+        the audit selection itself, so the node cannot predict it."""
+        draw = int.from_bytes(keccak(self.beacon.secret + b"zk" + session_id.encode() + shard.to_bytes(4, "big")), "big")
+        return draw / 2**256 < self.config.zk_sample_rate, draw
+
+    def _sampled_proof(self, verdict: SessionVerdict, records: list[HopRecord]) -> tuple[SessionVerdict, ZkEvidence | None]:
+        """For a sampled share of passing audits, ask the node for a zk proof of a registered slice of a
+        random audited step. A node that cannot or will not prove (invalid or missing proof) fails the
+        audit: it is not running the committed weights, or it refuses to show it."""
+        if self.zk is None or self.config.zk_sample_rate <= 0:
+            return verdict, None
+        sampled, draw = self._zk_sampled(verdict.session_id, verdict.shard_index)
+        if not sampled:
+            return verdict, None
+        step = draw % len(records)
+        try:
+            evidence = self.zk.challenge(self.shard(verdict.shard_index), records, step)
+        except Exception as exc:  # the verifier's own side failed: the re-execution verdict stands
+            log.error("sampled zk challenge of %s could not be run: %s: %s", verdict.node_address, type(exc).__name__, exc)
+            return verdict, None
+        if evidence is None:
+            return verdict, None
+        self.stats["zk_challenges"] += 1
+        self.stats["zk_sampled"] += 1
+        self.stats["zk_failed"] += int(evidence.failing)
+        if evidence.failing:
+            verdict = replace(verdict, problem=f"re-execution passed, but the sampled zk proof of step {step} failed: "
+                                               f"{evidence.summary()}")
+        return verdict, evidence
 
     def _dispute(self, verdict: SessionVerdict, records: list[HopRecord]) -> tuple[ZkEvidence | None, TraceEvidence | None]:
         """After a re-execution disagreement, narrow the first disputed step down to one layer (the node's

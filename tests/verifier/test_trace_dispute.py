@@ -234,7 +234,7 @@ def test_the_audit_traces_then_proves_a_slice_of_the_located_layer(swarms: Swarm
              SliceSpec(h, 1, 3, "mlp.up_proj", 0)]
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
     ledger.create_schema()
-    verifier = Verifier(swarms.md, ledger=ledger, config=VerifierConfig(audit_rate=1.0),
+    verifier = Verifier(swarms.md, ledger=ledger, config=VerifierConfig(audit_rate=1.0, zk_sample_rate=0.0),
                         zk=ZkAuditor.for_slices(swarms.md, specs, config=swarms.config))
     for rec in swarms.records_a:
         verifier.submit(rec)

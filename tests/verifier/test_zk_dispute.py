@@ -69,7 +69,8 @@ def dispute(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 def test_a_disagreement_triggers_a_proof_the_wrong_weights_node_cannot_give(dispute: Dispute, tmp_path: Path) -> None:
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
     ledger.create_schema()
-    verifier = Verifier(dispute.md, ledger=ledger, config=VerifierConfig(audit_rate=1.0), zk=dispute.auditor())
+    verifier = Verifier(dispute.md, ledger=ledger, config=VerifierConfig(audit_rate=1.0, zk_sample_rate=0.0),
+                        zk=dispute.auditor())
     for rec in dispute.records:
         verifier.submit(rec)
     verdicts = {v.shard_index: v for v in verifier.audit_due(force=True)}
@@ -200,7 +201,8 @@ async def test_the_verifier_service_reports_the_dispute(dispute: Dispute) -> Non
     from veriswarm.protocol import HopSubmission, encode_envelope
     from veriswarm.verifier.service import make_app
 
-    verifier = Verifier(dispute.md, config=VerifierConfig(audit_rate=1.0, idle_s=3600), zk=dispute.auditor())
+    verifier = Verifier(dispute.md, config=VerifierConfig(audit_rate=1.0, idle_s=3600, zk_sample_rate=0.0),
+                        zk=dispute.auditor())
     headers = {VERSION_HEADER: "1"}
     async with TestServer(make_app(verifier=verifier)) as server:
         client: TestClient[Any, None] = TestClient(server)
@@ -218,3 +220,30 @@ async def test_the_verifier_service_reports_the_dispute(dispute: Dispute) -> Non
     assert bad["shard"] == 1 and bad["zk"]["status"] == "invalid" and "proof" not in bad["zk"]
     assert body["stats"]["zk_challenges"] == 1 and body["stats"]["zk_failed"] == 1
     assert body["stats"]["links_checked"] == 6 and body["stats"]["link_faults"] == 0
+
+
+def test_a_sampled_share_of_passing_audits_is_also_proven(dispute: Dispute, tmp_path: Path) -> None:
+    """Not only disagreements: a passing audit, when the beacon's secret draws it, also asks the node for a
+    proof. The honest node gives a valid one and keeps its pass; a node that cannot prove in time fails."""
+    honest = dispute.shard_records(0)
+    verifier = Verifier(dispute.md, config=VerifierConfig(audit_rate=1.0, zk_sample_rate=1.0), zk=dispute.auditor())
+    for rec in honest:
+        verifier.submit(rec)
+    [verdict] = verifier.audit_due(force=True)
+    assert verdict.passed
+    assert (verifier.stats["zk_sampled"], verifier.stats["zk_failed"]) == (1, 0)
+    assert verifier.verdicts[-1]["zk"]["status"] == "valid"
+    # The same honest work, but the node has no time to prove: a refusal to prove is a failed audit.
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    ledger.create_schema()
+    strict = Verifier(dispute.md, ledger=ledger, config=VerifierConfig(audit_rate=1.0, zk_sample_rate=1.0),
+                      zk=dispute.auditor(deadline_s=0.001))
+    for rec in honest:
+        strict.submit(rec)
+    [verdict] = strict.audit_due(force=True)
+    assert not verdict.passed and "sampled zk proof" in verdict.problem
+    assert strict.verdicts[-1]["zk"]["status"] == "missing"
+    # At the default rate only some audits are sampled, and which ones is fixed by the secret, not by the node.
+    default = Verifier(dispute.md, config=VerifierConfig(audit_rate=1.0), zk=dispute.auditor())
+    drawn = [default._zk_sampled(f"0x{i:064x}", 0)[0] for i in range(2000)]
+    assert 0.03 < sum(drawn) / len(drawn) < 0.07
