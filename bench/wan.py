@@ -62,3 +62,7 @@ def main() -> None:
     print(json.dumps({**out["relay"], "client_mediated": out["client_mediated"],
                       "loopback_ms_per_token": round(compute, 2), "delay_ms_one_way": args.delay_ms,
                       "load_avg_1m": round(os.getloadavg()[0], 2)}))
+
+
+if __name__ == "__main__":
+    main()
