@@ -97,9 +97,11 @@ def test_equivocation_is_caught_from_two_receipts(tiny_dir: Path, tmp_path: Path
         assert ledger.slashes()[0]["kind"] == "equivocation" and ledger.node(evil).status == "excluded"
 
 
-def test_detected_faults_are_slashed_on_the_devnet(tiny_dir: Path, tmp_path: Path, devnet, chain) -> None:  # type: ignore[no-untyped-def]
-    """End to end on a real anvil: nodes register themselves on chain, a wrong-weights node serves, the
-    verifier's audit finds it, and its quorum verdict slashes and jails it there; the honest node is untouched."""
+@pytest.mark.parametrize("attack", sorted(ATTACKS))
+def test_detected_faults_are_slashed_on_the_devnet(attack: str, tiny_dir: Path, tmp_path: Path, devnet, chain) -> None:  # type: ignore[no-untyped-def]
+    """End to end on a real anvil, for every attack class: nodes register themselves on chain, the
+    misbehaving node serves, the verifier's audit finds it, and its quorum verdict slashes and jails it
+    there; the honest node is untouched."""
     from tests.deploy.devnet_fixtures import _SHARED
     from veriswarm.client.chain_registry import ChainRegistry
     from veriswarm.deploy.devnet import deployment_path
@@ -108,8 +110,7 @@ def test_detected_faults_are_slashed_on_the_devnet(tiny_dir: Path, tmp_path: Pat
     dep_file = deployment_path(_SHARED[0][1])
     swarm = LocalSwarm(model_dir=tiny_dir, workdir=tmp_path / "swarm", torch_threads=1,
                        extra_args=["--deployment", str(dep_file)],
-                       commands={1: [*EVIL, "--mode", "wrong_weights", "--scale", "1e-2",
-                                     "--deployment", str(dep_file)]})
+                       commands={1: [*EVIL, *ATTACKS[attack], "--deployment", str(dep_file)]})
     with swarm:
         staking = devnet.staking_contract(chain)
         honest, evil = swarm.nodes[0].address, swarm.nodes[1].address
@@ -117,7 +118,7 @@ def test_detected_faults_are_slashed_on_the_devnet(tiny_dir: Path, tmp_path: Pat
         stake_before = int(staking.call("getNode", evil)["stake"])
         sink = MemorySink()
         with Client(tiny_dir, ChainRegistry(devnet.rpc_url, devnet.staking), sink=sink, domain=devnet.domain) as client:
-            client.generate_ids([5, 6, 7, 8], max_new_tokens=6, ignore_eos=True)
+            client.generate_ids([5, 6, 7, 8, 9, 10, 11, 12], max_new_tokens=16, ignore_eos=True)
         ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
         ledger.create_schema()
         slasher = ChainSlasher(devnet, devnet.verifiers[0].key)
