@@ -55,11 +55,23 @@ async def test_the_router_prefers_verified_nodes_and_skips_excluded_ones(replica
 
     reputation = LedgerReputation(ledger, ttl_s=0.0)
     async with AsyncClient(tiny_dir, replicas.urls, reputation=reputation) as client:
-        # Both replicas answer equally fast on loopback; the verified one is chosen.
-        assert all(route[1] == good.url for route in await _routes(client, 3))
-        # A proven fault excludes the good one: it is never routed to again, the other replica serves.
+        await client.router.refresh(client._session())
+        # At equal measured latency the verified replica ranks first. (The latencies are set equal: on
+        # loopback the measured ones differ by noise as large as this reputation gap.)
+        for stats in client.router.peers.values():
+            stats.rtt_s = 0.010
+        assert [p.url for p in client.router.candidates(1)] == [good.url, poor.url]
+        # Reputation weights latency: the poor replica must be more than good/poor times faster to win.
+        ratio = reputation(address[good.url]) / reputation(address[poor.url])
+        client.router.peers[poor.url].rtt_s = 0.010 / ratio * 1.01
+        assert client.router.candidates(1)[0].url == good.url
+        client.router.peers[poor.url].rtt_s = 0.010 / ratio * 0.99
+        assert client.router.candidates(1)[0].url == poor.url
+        # A proven fault excludes the good one: it is never a candidate again, and generations go
+        # through the other replica.
         ledger.record_slash(address[good.url], "0x" + "ee" * 32, "verdict", {"test": True})
         assert reputation(address[good.url]) == 0.0
+        assert [p.url for p in client.router.candidates(1)] == [poor.url]
         assert all(route[1] == poor.url for route in await _routes(client, 3))
         # And with every replica of a shard excluded there is no route: one clear error naming the shard.
         ledger.record_slash(address[poor.url], "0x" + "ef" * 32, "verdict", {"test": True})
