@@ -29,6 +29,8 @@ def verifier_start(
     zk_deadline_s: Annotated[float, typer.Option("--zk-deadline-s", help="how long a node has to prove")] = 60.0,
     zk_sample_rate: Annotated[float, typer.Option("--zk-sample-rate", help="share of passing audits also asked for "
                                                   "a zk slice proof (every disagreement is)")] = 0.05,
+    key: Annotated[Path | None, typer.Option("--key", help="this verifier's keystore: signs its dispute requests "
+                                             "(nodes with zk_verifiers set answer only listed verifiers)")] = None,
 ) -> None:
     """Serve POST /v1/hops, GET /v1/verdicts; audits run in the background."""
     import logging
@@ -56,7 +58,14 @@ def verifier_start(
     beacon = AuditBeacon()
     zk = None
     if zk_slices:  # vks are derived from the committed artifacts (cached); no SRS is downloaded
-        zk = ZkAuditor.sampled(md, zk_slices, seed=beacon.secret, secret=beacon.secret, deadline_s=zk_deadline_s)
+        from veriswarm.keys import load_keystore
+        from veriswarm.verifier.zkaudit import http_post, signed_post
+
+        from .main import _password
+
+        post = signed_post(load_keystore(key, _password())) if key is not None else http_post
+        zk = ZkAuditor.sampled(md, zk_slices, seed=beacon.secret, secret=beacon.secret, deadline_s=zk_deadline_s,
+                               post=post)
     verifier = Verifier(md, ledger=ledger, beacon=beacon, zk=zk,
                         config=VerifierConfig(address=name, idle_s=idle_s, audit_rate=audit_rate,
                                               zk_sample_rate=zk_sample_rate))

@@ -33,6 +33,9 @@ class NodeConfig:
     torch_threads: int = 0  # 0: torch's default
     #: Take part in server-to-server relay (hand outputs straight to the next node when a client asks).
     relay: bool = True
+    #: Verifier addresses (comma-separated) allowed to make this node prove or trace a disputed hop; empty:
+    #: anyone (development only — see node/zkauth.py).
+    zk_verifiers: str = ""
     chain_id: int = 31337
     verifying_contract: str = "0x" + "00" * 20
     advertise_url: str = ""

@@ -26,13 +26,15 @@ from veriswarm.manifest import ModelDir
 from veriswarm.protocol import PROTOCOL_VERSION, VERSION_HEADER
 from veriswarm.verifier.zk import ProofError, SliceProof, SliceSpec, SliceWeights, ZkConfig, extract_slice_weights, prove_slice
 from veriswarm.verifier.zk.slices import _module, slice_io, split_matrix
-from veriswarm.zkwire import PROVE_PATH, ProveRequest, ProveResponse, claim_digest, decode_prove_request, sign_claim
+from veriswarm.zkwire import CALLER_HEADER, PROVE_PATH, ProveRequest, ProveResponse, claim_digest, decode_prove_request, sign_claim
 
 from .app import STATE, WIRE_DTYPES, NodeState, _check_target
+from .zkauth import ZkCallers
 
 log = logging.getLogger("veriswarm.node.prove")
 PROVE_LOCK = web.AppKey("prove_lock", asyncio.Lock)
 ZK_CONFIG = web.AppKey("zk_config", ZkConfig)
+ZK_CALLERS = web.AppKey("zk_callers", ZkCallers)
 
 
 def node_slice_weights(st: NodeState, spec: SliceSpec) -> SliceWeights:
@@ -73,7 +75,9 @@ async def prove(request: web.Request) -> web.Response:
     if request.headers.get(VERSION_HEADER) != PROTOCOL_VERSION:
         raise ProtocolError(ErrorCode.PROTOCOL_VERSION, f"send {VERSION_HEADER}: {PROTOCOL_VERSION}")
     st.metrics.requests.labels("prove").inc()
-    req, frames = decode_prove_request(await request.read())
+    raw = await request.read()
+    request.app[ZK_CALLERS].check(request.headers.get(CALLER_HEADER), PROVE_PATH, raw)
+    req, frames = decode_prove_request(raw)
     try:
         spec = SliceSpec.from_dict(req.slice)
     except ProofError as exc:
@@ -105,6 +109,10 @@ def add_prove_route(app: web.Application, config: ZkConfig | None = None) -> Non
 
     app[PROVE_LOCK] = asyncio.Lock()
     app[ZK_CONFIG] = config or ZkConfig()
+    allowed = {v.strip() for v in app[STATE].config.zk_verifiers.split(",") if v.strip()}
+    app[ZK_CALLERS] = ZkCallers(allowed)
+    if not allowed:
+        log.warning("/v1/prove and /v1/trace answer anyone (set zk_verifiers to the verifiers' addresses)")
     app.router.add_post(PROVE_PATH, prove)
     add_trace_route(app)
 

@@ -23,6 +23,7 @@ from veriswarm.frames import encode_tensor
 from veriswarm.protocol import PROTOCOL_VERSION, VERSION_HEADER
 from veriswarm.verifier.trace import layer_outputs
 from veriswarm.zkwire import (
+    CALLER_HEADER,
     TRACE_PATH,
     TraceResponse,
     decode_trace_request,
@@ -32,7 +33,7 @@ from veriswarm.zkwire import (
 )
 
 from .app import STATE, NodeState, _check_target
-from .prove import PROVE_LOCK, _hidden
+from .prove import PROVE_LOCK, ZK_CALLERS, _hidden
 
 log = logging.getLogger("veriswarm.node.trace")
 
@@ -48,7 +49,9 @@ async def trace(request: web.Request) -> web.Response:
     if request.headers.get(VERSION_HEADER) != PROTOCOL_VERSION:
         raise ProtocolError(ErrorCode.PROTOCOL_VERSION, f"send {VERSION_HEADER}: {PROTOCOL_VERSION}")
     st.metrics.requests.labels("trace").inc()
-    req, frames = decode_trace_request(await request.read())
+    raw = await request.read()
+    request.app[ZK_CALLERS].check(request.headers.get(CALLER_HEADER), TRACE_PATH, raw)
+    req, frames = decode_trace_request(raw)
     _check_target(st, req.manifest_hash, req.shard)
     hidden = _hidden(st, frames)
     # The disputed step is the last frame sent: only its positions are under dispute.

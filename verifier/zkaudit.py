@@ -34,6 +34,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 from eth_utils import keccak
@@ -44,8 +45,10 @@ from veriswarm.protocol import PROTOCOL_VERSION, VERSION_HEADER
 from veriswarm.sinks import HopRecord
 from veriswarm.split.modeling import ShardModel
 from veriswarm.zkwire import (
+    CALLER_HEADER,
     PROVE_PATH,
     ProveRequest,
+    caller_header,
     claim_digest,
     claim_signer,
     decode_prove_response,
@@ -82,14 +85,24 @@ DISPUTE_MATRICES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", 
 Post = Callable[[str, bytes, float], bytes]
 
 
-def http_post(url: str, body: bytes, timeout_s: float) -> bytes:
+def http_post(url: str, body: bytes, timeout_s: float, headers: dict[str, str] | None = None) -> bytes:
     req = urllib.request.Request(url, data=body, method="POST",
-                                 headers={VERSION_HEADER: PROTOCOL_VERSION, "Content-Type": "application/octet-stream"})
+                                 headers={VERSION_HEADER: PROTOCOL_VERSION, "Content-Type": "application/octet-stream",
+                                          **(headers or {})})
     with urllib.request.urlopen(req, timeout=timeout_s) as resp:
         data: bytes = resp.read(MAX_RESPONSE + 1)
     if len(data) > MAX_RESPONSE:
-        raise OSError(f"prove response exceeds {MAX_RESPONSE} bytes")
+        raise OSError(f"response from {urlparse(url).path} exceeds {MAX_RESPONSE} bytes")
     return data
+
+
+def signed_post(private_key: bytes) -> Post:
+    """A Post that signs every dispute request as this verifier (endpoint, time, body; node/zkauth.py
+    checks it against the node's ``zk_verifiers``)."""
+    def post(url: str, body: bytes, timeout_s: float) -> bytes:
+        header = caller_header(private_key, urlparse(url).path, body, int(time.time() * 1000))
+        return http_post(url, body, timeout_s, {CALLER_HEADER: header})
+    return post
 
 
 @dataclass(frozen=True)
@@ -155,7 +168,7 @@ class ZkAuditor:
         self.deadline_s = deadline_s
         self.secret = secret if secret is not None else os.urandom(32)
         self.post = post
-        self.tracer = tracer if tracer is not None else (TraceAuditor(deadline_s=deadline_s) if trace else None)
+        self.tracer = tracer if tracer is not None else (TraceAuditor(deadline_s=deadline_s, post=post) if trace else None)
         self.model_dir = model_dir
         self.config = config
         self.matrices = tuple(matrices)

@@ -26,6 +26,7 @@ class ErrorCode(StrEnum):
     CAPACITY = "capacity"
     NOT_FOUND = "not_found"
     RELAY_FAILED = "relay_failed"
+    FORBIDDEN = "forbidden"
     INTERNAL = "internal"
 
 
@@ -46,6 +47,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.CAPACITY: 503,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.RELAY_FAILED: 502,
+    ErrorCode.FORBIDDEN: 403,
     ErrorCode.INTERNAL: 500,
 }
 

@@ -236,3 +236,34 @@ def trace_digest(request: TraceRequest, layer_start: int, layer_hashes: list[str
             "layer_hashes": list(layer_hashes)}
     canon = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
     return bytes(keccak(TRACE_DOMAIN + canon))
+
+
+# ---- who may ask a node to prove or trace ---------------------------------------------------------
+#: ``<timestamp ms>:<0x signature>`` over :func:`caller_digest`: the verifier that sends a dispute request
+CALLER_HEADER = "X-Veriswarm-Verifier-Signature"
+CALLER_DOMAIN = b"veriswarm/zk-request/1"
+
+
+def caller_digest(path: str, timestamp_ms: int, body: bytes) -> bytes:
+    """What a verifier signs to ask for a proof or a trace: the endpoint, the time and the exact body,
+    so a signed request cannot be sent to the other endpoint, altered, or replayed later."""
+    return bytes(keccak(CALLER_DOMAIN + path.encode() + timestamp_ms.to_bytes(8, "big") + hashlib.sha256(body).digest()))
+
+
+def caller_header(private_key: bytes, path: str, body: bytes, timestamp_ms: int) -> str:
+    return f"{timestamp_ms}:{sign_claim(caller_digest(path, timestamp_ms, body), private_key)}"
+
+
+def caller_of(header: str | None, path: str, body: bytes) -> tuple[str, int, str]:
+    """(signer address, timestamp ms, signature) of a dispute request; ProtocolError(FORBIDDEN) when the
+    header is missing or malformed or does not recover."""
+    if not header or ":" not in header:
+        raise ProtocolError(ErrorCode.FORBIDDEN, f"dispute requests must be signed by a verifier ({CALLER_HEADER})")
+    stamp, signature = header.split(":", 1)
+    if not stamp.isdigit() or len(stamp) > 16:
+        raise ProtocolError(ErrorCode.FORBIDDEN, f"{CALLER_HEADER}: bad timestamp")
+    try:
+        address = claim_signer(caller_digest(path, int(stamp), body), signature)
+    except (ProtocolError, ValueError) as exc:
+        raise ProtocolError(ErrorCode.FORBIDDEN, f"{CALLER_HEADER}: {exc}") from None
+    return address, int(stamp), signature
