@@ -29,7 +29,7 @@ from veriswarm.verifier.zk.slices import _module, slice_io, split_matrix
 from veriswarm.zkwire import CALLER_HEADER, PROVE_PATH, ProveRequest, ProveResponse, claim_digest, decode_prove_request, sign_claim
 
 from .app import STATE, WIRE_DTYPES, NodeState, _check_target
-from .zkauth import ZkCallers
+from .zkauth import ZkCallers, staking_verifiers
 
 log = logging.getLogger("veriswarm.node.prove")
 PROVE_LOCK = web.AppKey("prove_lock", asyncio.Lock)
@@ -76,7 +76,7 @@ async def prove(request: web.Request) -> web.Response:
         raise ProtocolError(ErrorCode.PROTOCOL_VERSION, f"send {VERSION_HEADER}: {PROTOCOL_VERSION}")
     st.metrics.requests.labels("prove").inc()
     raw = await request.read()
-    request.app[ZK_CALLERS].check(request.headers.get(CALLER_HEADER), PROVE_PATH, raw)
+    await request.app[ZK_CALLERS].authorize(request.headers.get(CALLER_HEADER), PROVE_PATH, raw)
     req, frames = decode_prove_request(raw)
     try:
         spec = SliceSpec.from_dict(req.slice)
@@ -109,10 +109,11 @@ def add_prove_route(app: web.Application, config: ZkConfig | None = None) -> Non
 
     app[PROVE_LOCK] = asyncio.Lock()
     app[ZK_CONFIG] = config or ZkConfig()
-    allowed = {v.strip() for v in app[STATE].config.zk_verifiers.split(",") if v.strip()}
-    app[ZK_CALLERS] = ZkCallers(allowed)
-    if not allowed:
-        log.warning("/v1/prove and /v1/trace answer anyone (set zk_verifiers to the verifiers' addresses)")
+    cfg = app[STATE].config
+    allowed = {v.strip() for v in cfg.zk_verifiers.split(",") if v.strip()}
+    app[ZK_CALLERS] = ZkCallers(allowed, on_chain=staking_verifiers(cfg.deployment) if cfg.deployment else None)
+    if app[ZK_CALLERS].open:
+        log.warning("/v1/prove and /v1/trace answer anyone (set zk_verifiers, or run with a deployment)")
     app.router.add_post(PROVE_PATH, prove)
     add_trace_route(app)
 

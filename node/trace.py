@@ -50,7 +50,7 @@ async def trace(request: web.Request) -> web.Response:
         raise ProtocolError(ErrorCode.PROTOCOL_VERSION, f"send {VERSION_HEADER}: {PROTOCOL_VERSION}")
     st.metrics.requests.labels("trace").inc()
     raw = await request.read()
-    request.app[ZK_CALLERS].check(request.headers.get(CALLER_HEADER), TRACE_PATH, raw)
+    await request.app[ZK_CALLERS].authorize(request.headers.get(CALLER_HEADER), TRACE_PATH, raw)
     req, frames = decode_trace_request(raw)
     _check_target(st, req.manifest_hash, req.shard)
     hidden = _hidden(st, frames)

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from tests.deploy.devnet_fixtures import chain, deployment_file, devnet
+from veriswarm.incentives.chain import Deployment
 from veriswarm.manifest import ModelDir
 from veriswarm.node.app import make_app
 from veriswarm.node.config import NodeConfig
@@ -21,6 +23,8 @@ from veriswarm.receipts import address_of
 from veriswarm.split.artifacts import load_shard
 from veriswarm.verifier.zkaudit import signed_post
 from veriswarm.zkwire import CALLER_HEADER, PROVE_PATH, TRACE_PATH, caller_header
+
+__all__ = ["chain", "deployment_file", "devnet"]  # fixtures
 
 NODE_KEY, VERIFIER, STRANGER = os.urandom(32), os.urandom(32), os.urandom(32)
 BODY = b"not a prove request"  # authentication comes first: a caller that passes it gets a 400 for this body
@@ -87,3 +91,19 @@ async def test_a_node_without_a_verifier_list_is_open(tiny_dir: Path) -> None:
         assert (await _post(node, PROVE_PATH, None))[0] == 400
     finally:
         await node.close()
+
+
+async def test_with_a_deployment_the_chains_active_verifiers_may_ask(tiny_dir: Path, devnet: Deployment,
+                                                                     deployment_file: Path) -> None:
+    """No list needed on a chain: a staked, active verifier of the deployment is answered; anyone else,
+    including a funded account that is not a verifier, is refused."""
+    md = ModelDir.open(tiny_dir)
+    cfg = NodeConfig(model_dir=tiny_dir, shard=0, deployment=str(deployment_file))
+    app = make_app(config=cfg, manifest=md.manifest, shard=load_shard(md, 0), private_key=NODE_KEY)
+    async with TestClient(TestServer(app)) as node:
+        verifier_key = bytes.fromhex(str(devnet.verifiers[0].key).removeprefix("0x"))
+        outsider_key = bytes.fromhex(str(devnet.accounts[0].key).removeprefix("0x"))
+        assert (await _post(node, PROVE_PATH, caller_header(verifier_key, PROVE_PATH, BODY, _now_ms())))[0] == 400
+        status, why = await _post(node, PROVE_PATH, caller_header(outsider_key, PROVE_PATH, BODY, _now_ms()))
+        assert status == 403 and "not a verifier this node answers" in why
+        assert (await _post(node, TRACE_PATH, None))[0] == 403
