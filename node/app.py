@@ -209,8 +209,9 @@ async def _session_step(st: NodeState, session: Session, *, step: int, start_pos
     in_frame = bytes(payload)
     async with session.lock:
         last = session.last
-        if last is not None and step == session.next_step - 1 and nonce == last[0] and sha256(in_frame) == last[1]:
-            return last[3], last[2]
+        if (last is not None and step == session.next_step - 1 and nonce == last[0]
+                and hex32(sha256(in_frame)) == last[1].input_hash):
+            return last[2], last[1]
         if step != session.next_step:
             raise ProtocolError(ErrorCode.STEP_OUT_OF_ORDER, f"step {step} sent, expected {session.next_step}")
         if start_pos != session.cache.length:
@@ -223,7 +224,7 @@ async def _session_step(st: NodeState, session: Session, *, step: int, start_pos
         out_frame, receipt = await _run_hop(
             st, x, in_frame, session_id=session.session_id, step=step, start_pos=start_pos,
             nonce=nonce, prev_context=session.context, session=session)
-        session.last = (nonce, sha256(in_frame), receipt, out_frame)
+        session.last = (nonce, receipt, out_frame)
         return out_frame, receipt
 
 

@@ -70,14 +70,19 @@ def _prove(st: NodeState, spec: SliceSpec, hidden: torch.Tensor, token: int, con
     return prove_slice(spec, node_slice_weights(st, spec), x, config=config), y
 
 
-async def prove(request: web.Request) -> web.Response:
-    st = request.app[STATE]
+async def dispute_body(request: web.Request, kind: str, path: str) -> bytes:
+    """What every dispute endpoint does first: protocol version, metrics, the body, and who is asking."""
     if request.headers.get(VERSION_HEADER) != PROTOCOL_VERSION:
         raise ProtocolError(ErrorCode.PROTOCOL_VERSION, f"send {VERSION_HEADER}: {PROTOCOL_VERSION}")
-    st.metrics.requests.labels("prove").inc()
+    request.app[STATE].metrics.requests.labels(kind).inc()
     raw = await request.read()
-    await request.app[ZK_CALLERS].authorize(request.headers.get(CALLER_HEADER), PROVE_PATH, raw)
-    req, frames = decode_prove_request(raw)
+    await request.app[ZK_CALLERS].authorize(request.headers.get(CALLER_HEADER), path, raw)
+    return raw
+
+
+async def prove(request: web.Request) -> web.Response:
+    st = request.app[STATE]
+    req, frames = decode_prove_request(await dispute_body(request, "prove", PROVE_PATH))
     try:
         spec = SliceSpec.from_dict(req.slice)
     except ProofError as exc:

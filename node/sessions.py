@@ -20,9 +20,9 @@ class Session:
     #: the node key allowed to relay steps into this session (see protocol.OpenSession.upstream)
     upstream: str | None = None
     next_step: int = 0
-    #: the last step done: (request nonce, input frame hash, receipt, output frame), so that the same
-    #: request sent again (a client falling back from a relay that broke) gets the same answer
-    last: tuple[str, bytes, Any, bytes] | None = None
+    #: the last step done: (request nonce, receipt, output frame), so that the same request sent again (a
+    #: client falling back from a relay that broke) gets the same answer; the receipt holds the input's hash
+    last: tuple[str, Any, bytes] | None = None
     last_used: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 

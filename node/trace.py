@@ -20,10 +20,8 @@ from aiohttp import web
 
 from veriswarm.errors import ErrorCode, ProtocolError
 from veriswarm.frames import encode_tensor
-from veriswarm.protocol import PROTOCOL_VERSION, VERSION_HEADER
 from veriswarm.verifier.trace import layer_outputs
 from veriswarm.zkwire import (
-    CALLER_HEADER,
     TRACE_PATH,
     TraceResponse,
     decode_trace_request,
@@ -33,7 +31,7 @@ from veriswarm.zkwire import (
 )
 
 from .app import STATE, NodeState, _check_target
-from .prove import PROVE_LOCK, ZK_CALLERS, _hidden
+from .prove import PROVE_LOCK, _hidden, dispute_body
 
 log = logging.getLogger("veriswarm.node.trace")
 
@@ -46,12 +44,7 @@ def transcript(st: NodeState, hidden: torch.Tensor, positions: list[int]) -> lis
 
 async def trace(request: web.Request) -> web.Response:
     st = request.app[STATE]
-    if request.headers.get(VERSION_HEADER) != PROTOCOL_VERSION:
-        raise ProtocolError(ErrorCode.PROTOCOL_VERSION, f"send {VERSION_HEADER}: {PROTOCOL_VERSION}")
-    st.metrics.requests.labels("trace").inc()
-    raw = await request.read()
-    await request.app[ZK_CALLERS].authorize(request.headers.get(CALLER_HEADER), TRACE_PATH, raw)
-    req, frames = decode_trace_request(raw)
+    req, frames = decode_trace_request(await dispute_body(request, "trace", TRACE_PATH))
     _check_target(st, req.manifest_hash, req.shard)
     hidden = _hidden(st, frames)
     # The disputed step is the last frame sent: only its positions are under dispute.

@@ -43,6 +43,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -82,14 +83,20 @@ MAX_RESPONSE = 64 * 1024 * 1024
 Post = Callable[[str, bytes, float], bytes]
 
 
-def http_post(url: str, body: bytes, timeout_s: float) -> bytes:
+def post_bytes(url: str, body: bytes, timeout_s: float, *, max_bytes: int, headers: dict[str, str] | None = None) -> bytes:
+    """POST a dispute request to a node; the answer is read up to ``max_bytes`` (OSError beyond)."""
     req = urllib.request.Request(url, data=body, method="POST",
-                                 headers={VERSION_HEADER: PROTOCOL_VERSION, "Content-Type": "application/octet-stream"})
+                                 headers={VERSION_HEADER: PROTOCOL_VERSION, "Content-Type": "application/octet-stream",
+                                          **(headers or {})})
     with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-        data: bytes = resp.read(MAX_RESPONSE + 1)
-    if len(data) > MAX_RESPONSE:
-        raise OSError(f"trace response exceeds {MAX_RESPONSE} bytes")
+        data: bytes = resp.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise OSError(f"response from {urlparse(url).path} exceeds {max_bytes} bytes")
     return data
+
+
+def http_post(url: str, body: bytes, timeout_s: float) -> bytes:
+    return post_bytes(url, body, timeout_s, max_bytes=MAX_RESPONSE)
 
 
 def error_text(exc: urllib.error.HTTPError) -> str:

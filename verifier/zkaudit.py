@@ -25,13 +25,12 @@ wrong rows: the tolerance; forged bytes: ezkl); ``missing`` — no usable answer
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -41,7 +40,6 @@ from eth_utils import keccak
 
 from veriswarm.errors import ProtocolError
 from veriswarm.manifest import ModelDir
-from veriswarm.protocol import PROTOCOL_VERSION, VERSION_HEADER
 from veriswarm.sinks import HopRecord
 from veriswarm.split.modeling import ShardModel
 from veriswarm.zkwire import (
@@ -55,7 +53,8 @@ from veriswarm.zkwire import (
     encode_prove_request,
 )
 
-from .trace import TraceAuditor, TraceEvidence, session_hidden
+from .trace import MAX_RESPONSE as TRACE_MAX_RESPONSE
+from .trace import Post, TraceAuditor, TraceEvidence, error_text, post_bytes, session_hidden
 from .zk import (
     ProofError,
     SliceProof,
@@ -81,27 +80,19 @@ INPUT_REL_SLACK = 1e-5
 #: matrices whose input is the (normalised) hidden state: the smallest circuits of a layer
 DISPUTE_MATRICES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj")
 
-#: (url, body, timeout_s) -> response body; raises OSError (urllib's errors) on failure
-Post = Callable[[str, bytes, float], bytes]
-
-
-def http_post(url: str, body: bytes, timeout_s: float, headers: dict[str, str] | None = None) -> bytes:
-    req = urllib.request.Request(url, data=body, method="POST",
-                                 headers={VERSION_HEADER: PROTOCOL_VERSION, "Content-Type": "application/octet-stream",
-                                          **(headers or {})})
-    with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-        data: bytes = resp.read(MAX_RESPONSE + 1)
-    if len(data) > MAX_RESPONSE:
-        raise OSError(f"response from {urlparse(url).path} exceeds {MAX_RESPONSE} bytes")
-    return data
+def http_post(url: str, body: bytes, timeout_s: float) -> bytes:
+    return post_bytes(url, body, timeout_s, max_bytes=MAX_RESPONSE)
 
 
 def signed_post(private_key: bytes) -> Post:
     """A Post that signs every dispute request as this verifier (endpoint, time, body; node/zkauth.py
-    checks it against the node's ``zk_verifiers``)."""
+    checks it against the node's ``zk_verifiers``). It serves the proof and the trace challenge alike, so
+    the answer's cap follows the endpoint."""
     def post(url: str, body: bytes, timeout_s: float) -> bytes:
-        header = caller_header(private_key, urlparse(url).path, body, int(time.time() * 1000))
-        return http_post(url, body, timeout_s, {CALLER_HEADER: header})
+        path = urlparse(url).path
+        header = caller_header(private_key, path, body, int(time.time() * 1000))
+        cap = MAX_RESPONSE if path == PROVE_PATH else TRACE_MAX_RESPONSE
+        return post_bytes(url, body, timeout_s, max_bytes=cap, headers={CALLER_HEADER: header})
     return post
 
 
@@ -269,7 +260,7 @@ class ZkAuditor:
         try:
             raw = self.post(url, encode_prove_request(request, frames), self.deadline_s)
         except urllib.error.HTTPError as exc:
-            return result("missing", f"node refused to prove: HTTP {exc.code}: {_error_text(exc)}")
+            return result("missing", f"node refused to prove: HTTP {exc.code}: {error_text(exc)}")
         except (OSError, TimeoutError) as exc:  # URLError, timeouts, resets
             return result("missing", f"no proof within {self.deadline_s:g}s: {type(exc).__name__}: {exc}")
         try:
@@ -307,12 +298,3 @@ class ZkAuditor:
             return result("invalid", f"malformed proof: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
                           **signed, **measures)
         return result("valid", **signed, **measures)
-
-
-def _error_text(exc: urllib.error.HTTPError) -> str:
-    try:
-        body = json.loads(exc.read(64 * 1024) or b"{}")
-        err = body.get("error", {}) if isinstance(body, dict) else {}
-        return f"{err.get('code', '?')}: {err.get('message', '')}"[:300]
-    except (ValueError, OSError):
-        return exc.reason if isinstance(exc.reason, str) else "error"

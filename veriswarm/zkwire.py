@@ -115,17 +115,23 @@ def encode_prove_request(request: ProveRequest, frames: list[bytes]) -> bytes:
     return encode_envelope(request, b"".join(frames))
 
 
-def decode_prove_request(data: bytes | bytearray | memoryview) -> tuple[ProveRequest, list[bytes]]:
-    """Validate a prove request and split its payload into the committed frames (hashes checked here)."""
+def _decode_dispute(data: bytes | bytearray | memoryview, adapter: TypeAdapter[Any], kind: str) -> tuple[Any, memoryview]:
+    """A prove or trace request's validated header, with the inputs of steps 0..step it must carry."""
     header, payload = _split(data)
     try:
-        req = _PROVE_REQUEST.validate_python(header)
+        req = adapter.validate_python(header)
     except ValidationError as exc:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"invalid prove request: {_first_error(exc)}") from None
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"invalid {kind} request: {_first_error(exc)}") from None
     if len(req.input_hashes) != req.step + 1 or len(req.frame_bytes) != req.step + 1:
         raise ProtocolError(ErrorCode.BAD_REQUEST,
-                            f"a prove request for step {req.step} carries the inputs of steps 0..{req.step}: "
+                            f"a {kind} request for step {req.step} carries the inputs of steps 0..{req.step}: "
                             f"{req.step + 1} hashes and frames, got {len(req.input_hashes)} and {len(req.frame_bytes)}")
+    return req, payload
+
+
+def decode_prove_request(data: bytes | bytearray | memoryview) -> tuple[ProveRequest, list[bytes]]:
+    """Validate a prove request and split its payload into the committed frames (hashes checked here)."""
+    req, payload = _decode_dispute(data, _PROVE_REQUEST, "prove")
     return req, _hashed_frames(payload, req.frame_bytes, req.input_hashes, "input_hashes")
 
 
@@ -193,15 +199,7 @@ def encode_trace_request(request: TraceRequest, frames: list[bytes]) -> bytes:
 def decode_trace_request(data: bytes | bytearray | memoryview) -> tuple[TraceRequest, list[bytes]]:
     """Validate a trace request and split its payload into the committed frames (hashes checked here).
     Whether the positions lie inside the disputed step needs the frames' shapes: the node checks that."""
-    header, payload = _split(data)
-    try:
-        req = _TRACE_REQUEST.validate_python(header)
-    except ValidationError as exc:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"invalid trace request: {_first_error(exc)}") from None
-    if len(req.input_hashes) != req.step + 1 or len(req.frame_bytes) != req.step + 1:
-        raise ProtocolError(ErrorCode.BAD_REQUEST,
-                            f"a trace request for step {req.step} carries the inputs of steps 0..{req.step}: "
-                            f"{req.step + 1} hashes and frames, got {len(req.input_hashes)} and {len(req.frame_bytes)}")
+    req, payload = _decode_dispute(data, _TRACE_REQUEST, "trace")
     if any(b <= a for a, b in zip(req.positions, req.positions[1:], strict=False)):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "invalid trace request: positions must be strictly increasing")
     return req, _hashed_frames(payload, req.frame_bytes, req.input_hashes, "input_hashes")
