@@ -92,6 +92,7 @@ def run_demo(model_dir: Path, workdir: Path, *, prompt: str, max_new_tokens: int
     from veriswarm.incentives.settlement import claim, settle_epoch
     from veriswarm.keys import load_keystore
     from veriswarm.manifest import ModelDir
+    from veriswarm.protocol import PROTOCOL_VERSION, VERSION_HEADER
     from veriswarm.verifier.core import Verifier, VerifierConfig
     from veriswarm.verifier.service import make_app
     from veriswarm.verifier.slashing import ChainSlasher
@@ -155,7 +156,7 @@ def run_demo(model_dir: Path, workdir: Path, *, prompt: str, max_new_tokens: int
         deadline = time.monotonic() + 60
         while verifier.stats["received"] < len(ext["receipt_ids"]) and time.monotonic() < deadline:
             time.sleep(0.1)
-        audited = _post(f"{vurl}/v1/audit", headers={"X-Veriswarm-Protocol": "1"})["audited"]
+        audited = _post(f"{vurl}/v1/audit", headers={VERSION_HEADER: PROTOCOL_VERSION})["audited"]
         for line in audited:
             echo(f"[audit]    {line}")
 

@@ -16,7 +16,7 @@ import torch
 from veriswarm.checks import Expected, check_receipt
 from veriswarm.errors import ProtocolError, ReceiptError, RemoteError
 from veriswarm.frames import DTYPE_NAMES, decode_tensor, encode_tensor
-from veriswarm.protocol import ErrorReply, HopOrder, RelayResult, RelayStep, encode_envelope, split_frames
+from veriswarm.protocol import ErrorReply, HopOrder, RelayResult, RelayStep, encode_envelope
 from veriswarm.receipts import Receipt, ReceiptDomain, context_seed, hex32
 from veriswarm.sinks import HopRecord, ReceiptSink
 
@@ -52,7 +52,8 @@ class ChainSession:
     def __init__(self, http: aiohttp.ClientSession, plan: list[list[ResolvedPeer]], *, manifest_hash: str,
                  domain: ReceiptDomain, sink: ReceiptSink, router: Router | None = None, timeout_s: float = 30.0,
                  wire_dtype: str = "float32", max_frame_bytes: int = 256 * 1024 * 1024,
-                 session_id: str | None = None, relay: bool = True, relay_max_frame_bytes: int = 1 << 20) -> None:
+                 session_id: str | None = None, relay: bool = True, relay_max_frame_bytes: int = 1 << 20,
+                 relay_grace_s: float = 2.0) -> None:
         if wire_dtype not in ("float32", "float16", "bfloat16", "q8"):  # q8: 8-bit, exact outliers (quant8.py)
             raise ValueError(f"wire dtype {wire_dtype!r} is not supported")
         self.http = http
@@ -74,9 +75,12 @@ class ChainSession:
         self.relay_max_frame_bytes = relay_max_frame_bytes
         self.relay_steps = 0
         self.relay_fallbacks: list[str] = []
-        #: first-hop nonces of relayed steps given up on (settled by asking each node): only their results
+        self._relay_breaks = 0
+        #: the nonces of relayed steps given up on (settled by asking each node): only their results
         #: may still arrive late and be ignored; any other result that is not this step's is a bad relay
-        self._abandoned: deque[str] = deque(maxlen=64)
+        self._abandoned: deque[str] = deque(maxlen=64 * max(1, len(plan)))
+        #: once the last hop's result is in, how long the other hops' receipts may still take
+        self.relay_grace_s = relay_grace_s
 
     @property
     def route(self) -> list[str]:
@@ -235,72 +239,74 @@ class ChainSession:
         return out
 
     async def _relayed_step(self, frame: bytes, start: int, shape: tuple[int, ...], nonces: list[str]) -> torch.Tensor | None:
-        """One step node to node: send it to the first hop, take every hop's receipt and frame from
-        the last. Returns None (after saying why) when the relay broke: the caller then asks each
-        node itself."""
+        """One step node to node: send it to the first hop; every hop pushes its receipt and output frame
+        here, checked as they come (while later hops compute). Returns None (after saying why) when the
+        relay broke: the caller then asks each node itself."""
         orders = []
         for hop, nonce in zip(self.hops, nonces, strict=True):
             assert hop.link is not None
             orders.append(HopOrder(shard_index=hop.shard_index, url=hop.link.peer.url, address=hop.link.peer.address,
                                    step=hop.step, start_pos=start, request_nonce=nonce))
-        first, last = self.hops[0].link, self.hops[-1].link
-        assert first is not None and last is not None
+        first = self.hops[0].link
+        assert first is not None
         t0 = time.perf_counter()
         try:
-            await first.send(encode_envelope(RelayStep(session_id=self.session_id, orders=orders, receipts=[],
-                                                       frame_sizes=[len(frame)]), frame))
-            receipts, frames = await self._await_relay(orders)
+            await first.send(encode_envelope(RelayStep(session_id=self.session_id, orders=orders, hop=0), frame))
+            checked = await self._await_relay(orders, frame, start, shape)
         except ReceiptError as exc:
-            self._abandoned.append(nonces[0])
-            self._relay_off(f"relayed result is malformed: {exc}")
+            self._abandoned.extend(nonces)
+            # A node's receipt disagrees with what the hop before it handed on, or is missing: a relay
+            # (or a node) broke its promise; stop trusting relays for this session.
+            self._relay_off(f"relayed chain failed the client's check: {exc}")
             return None
         except RemoteError as exc:
-            self._abandoned.append(nonces[0])
+            self._abandoned.extend(nonces)
             # A node died or could not reach the next one: ask each node this step, keep relaying after
-            # (a failover re-points the relay). A relay refused twice is not a passing fault: stop.
+            # (a failover re-points the relay). A relay refused or lost twice is not a passing fault: stop.
             self.relay_fallbacks.append(str(exc))
             log.info("session %s…: relayed step %d broke (%s); asking each node", self.session_id[:18],
                      self.hops[0].step, exc)
-            if exc.code == "relay_failed" and sum("relay_failed" in r for r in self.relay_fallbacks) >= 2:
-                self._relay_off(f"relayed steps refused twice, last: {exc}")
-            return None
-        # Check everything before anything is committed: a bad chain changes no state.
-        checked = []
-        try:
-            for i, hop in enumerate(self.hops):
-                checked.append(self._verify(hop, receipts[i], frames[i], frames[i + 1], step=hop.step, start=start,
-                                            nonce=nonces[i], shape=shape))
-        except ReceiptError as exc:
-            self._abandoned.append(nonces[0])
-            # Every node checked its upstream's signature, so an altered receipt that gets this far was
-            # altered by a relay: stop trusting relays for this session.
-            self._relay_off(f"relayed chain failed the client's check: {exc}")
+            if exc.code in ("relay_failed", "timeout"):
+                self._relay_breaks += 1
+                if self._relay_breaks >= 2:
+                    self._relay_off(f"relayed steps refused or lost twice, last: {exc}")
             return None
         elapsed = time.perf_counter() - t0
-        for i, hop in enumerate(self.hops):
-            self._commit(hop, receipts[i], frames[i], frames[i + 1], checked[i][0])
-            hop.history.append((frames[i], start, shape))
+        for hop, (receipt, in_frame, out_frame, context, _) in zip(self.hops, checked, strict=True):
+            self._commit(hop, receipt, in_frame, out_frame, context)
+            hop.history.append((in_frame, start, shape))
             if self.router is not None:
                 assert hop.link is not None
                 # The chain's time, shared out: relay gives no per-hop timing the client could trust.
                 self.router.observe(hop.link.peer.url, elapsed / len(self.hops))
         self.relay_steps += 1
-        return checked[-1][1]
+        return checked[-1][4]
 
-    async def _await_relay(self, orders: list[HopOrder]) -> tuple[list[Receipt], list[bytes]]:
-        """Wait for the last hop's result while watching every link: a node that dies or pushes an
-        error ends the wait at once instead of after the timeout."""
+    async def _await_relay(self, orders: list[HopOrder], frame: bytes, start: int,
+                           shape: tuple[int, ...]) -> list[tuple[Receipt, bytes, bytes, bytes, torch.Tensor]]:
+        """Take every hop's pushed receipt and frame, checking each hop as soon as its input (the previous
+        hop's output) is known; nothing is committed here. Every link is watched: a node that dies or
+        pushes an error ends the wait at once instead of after the timeout. Once the last hop's result is
+        in, a hop whose receipt has not come within ``relay_grace_s`` fails the check."""
         links = [h.link for h in self.hops]
+        n = len(links)
+        got: list[tuple[Receipt, bytes] | None] = [None] * n
+        checked: list[tuple[Receipt, bytes, bytes, bytes, torch.Tensor]] = []
         tasks = {asyncio.create_task(link.receive()): i for i, link in enumerate(links) if link is not None}
         try:
             pending = set(tasks)
             deadline = time.monotonic() + self.timeout_s
             while pending:
+                if got[-1] is not None:
+                    deadline = min(deadline, time.monotonic() + self.relay_grace_s)
                 done, pending = await asyncio.wait(pending, timeout=max(0.0, deadline - time.monotonic()),
                                                    return_when=asyncio.FIRST_COMPLETED)
                 if not done:
-                    raise RemoteError(self.hops[-1].link.peer.url if self.hops[-1].link else "relay", "timeout",
-                                      f"no relayed result within {self.timeout_s:.0f}s")
+                    if got[-1] is not None:
+                        missing = [orders[i].url for i in range(n) if got[i] is None]
+                        raise ReceiptError(f"no receipt from {', '.join(missing)} within {self.relay_grace_s:.1f}s "
+                                           "of the relayed result")
+                    raise RemoteError(orders[-1].url, "timeout", f"no relayed result within {self.timeout_s:.0f}s")
                 for task in done:
                     i = tasks.pop(task)
                     reply, payload = task.result()  # RemoteError: that node's link is gone
@@ -316,23 +322,30 @@ class ChainSession:
                         continue
                     if isinstance(reply, ErrorReply):
                         raise RemoteError(orders[i].url, reply.code, reply.message)
-                    if isinstance(reply, RelayResult) and i == len(links) - 1 and reply.session_id == self.session_id:
-                        if len(reply.receipts) != len(orders):
-                            raise ReceiptError(f"relayed result carries {len(reply.receipts)} receipts for "
-                                               f"{len(orders)} hops")
-                        try:
-                            frames = split_frames(payload, reply.frame_sizes)
-                        except ProtocolError as exc:
-                            raise ReceiptError(f"relayed result: {exc}") from None
-                        return [Receipt.from_json(r) for r in reply.receipts], frames
-                    raise RemoteError(orders[i].url, "bad_reply", f"unexpected {reply.type!r} during a relayed step")
+                    if not (isinstance(reply, RelayResult) and reply.session_id == self.session_id and reply.hop == i):
+                        raise RemoteError(orders[i].url, "bad_reply", f"unexpected {reply.type!r} during a relayed step")
+                    try:
+                        got[i] = (Receipt.from_json(reply.receipt), bytes(payload))
+                    except ReceiptError as exc:
+                        raise ReceiptError(f"{orders[i].url}: {exc}") from None
+                # Check every hop whose input is now known, in chain order.
+                while len(checked) < n and got[len(checked)] is not None:
+                    i = len(checked)
+                    entry = got[i]
+                    assert entry is not None
+                    receipt, out_frame = entry
+                    in_frame = frame if i == 0 else checked[i - 1][2]
+                    context, out = self._verify(self.hops[i], receipt, in_frame, out_frame, step=orders[i].step,
+                                                start=start, nonce=orders[i].request_nonce, shape=shape)
+                    checked.append((receipt, in_frame, out_frame, context, out))
+                if len(checked) == n:
+                    return checked
             raise RemoteError("relay", "closed", "every link closed")
         finally:
             for task in tasks:
                 if not task.done():
                     task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-
 
     async def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """Stateless: run a whole sequence [1, T, H] through every shard over HTTP (no sessions)."""
@@ -359,9 +372,8 @@ def _stale(reply: object, orders: list[HopOrder], i: int, abandoned: deque[str])
     """Is this push about an earlier step than the one ordered now? A result counts as stale only for a
     relayed step the client gave up on; any other result that is not this step's is checked (and fails)."""
     if isinstance(reply, RelayResult):
-        first = reply.receipts[0] if reply.receipts else {}
-        nonce = first.get("request_nonce") if isinstance(first, dict) else None
-        return nonce != orders[0].request_nonce and nonce in abandoned
+        nonce = reply.receipt.get("request_nonce")
+        return nonce != orders[i].request_nonce and nonce in abandoned
     if isinstance(reply, ErrorReply) and reply.code in ("relay_failed", "unknown_session") and reply.step is not None:
         return reply.step != orders[i].step
     return False

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -21,7 +22,6 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from veriswarm import __version__
-from veriswarm.checks import check_relayed
 from veriswarm.errors import HTTP_STATUS, ErrorCode, ProtocolError, ReceiptError
 from veriswarm.frames import DTYPE_NAMES, Q8, decode_tensor, encode_tensor, frame_wire, sha256
 from veriswarm.manifest import Manifest, ShardSpec
@@ -32,6 +32,10 @@ from veriswarm.protocol import (
     Closed,
     CloseSession,
     ForwardRequest,
+    LinkAccepted,
+    LinkChallenge,
+    LinkHello,
+    LinkProof,
     NodeInfo,
     Opened,
     OpenSession,
@@ -42,10 +46,19 @@ from veriswarm.protocol import (
     decode_request,
     encode_envelope,
     error_reply,
+    link_digest,
     result_reply,
-    split_frames,
 )
-from veriswarm.receipts import Receipt, ReceiptDomain, address_of, context_seed, hex32, next_context, now_ms
+from veriswarm.receipts import (
+    Receipt,
+    ReceiptDomain,
+    address_of,
+    context_seed,
+    digest_signer,
+    hex32,
+    next_context,
+    now_ms,
+)
 from veriswarm.split.modeling import ShardModel
 
 from .config import NodeConfig
@@ -56,6 +69,8 @@ from .sessions import Session, SessionStore
 log = logging.getLogger("veriswarm.node")
 WIRE_DTYPES = frozenset({torch.float32, torch.float16, torch.bfloat16, Q8})
 _VERSIONED = {"/v1/forward", "/v1/ws"}
+#: hands a relayed hop's output to the next node
+Onward = Callable[[bytes], Awaitable[None]]
 
 
 @dataclass
@@ -86,6 +101,18 @@ class NodeState:
 
 
 STATE = web.AppKey("state", NodeState)
+
+
+@dataclass
+class Connection:
+    """One WebSocket to this node: a client's (it owns the sessions it opens) or another node's relay link,
+    which proves its node key once (:func:`_link_message`) and is then trusted to hand over steps for
+    the sessions whose client named that key as upstream."""
+
+    ws: web.WebSocketResponse
+    owner: int
+    challenge: str | None = None
+    peer: str | None = None  # lower-case address, once proven
 
 
 def _error_response(code: ErrorCode, message: str) -> web.Response:
@@ -128,28 +155,35 @@ def _hidden_from(state: NodeState, payload: memoryview) -> torch.Tensor:
     return x
 
 
-async def _run_hop(state: NodeState, x: torch.Tensor, in_frame: bytes, *, session_id: str, step: int,
-                   start_pos: int, nonce: str, prev_context: bytes, session: Session | None) -> tuple[bytes, Receipt]:
+async def _compute(state: NodeState, x: torch.Tensor, in_frame: bytes, start_pos: int,
+                   session: Session | None) -> bytes:
+    """The forward pass, off the event loop behind the semaphore; the output frame in the wire format
+    received (q8 decodes to fp32)."""
     loop = asyncio.get_running_loop()
     cache = session.cache if session is not None else None
     async with state.semaphore:
         t0 = time.perf_counter()
         out = await loop.run_in_executor(state.executor, state.shard.forward, x.to(torch.float32), start_pos, cache)
         state.metrics.step_seconds.observe(time.perf_counter() - t0)
-    out_frame = encode_tensor(out, frame_wire(in_frame))  # answer in the wire format received (q8 decodes to fp32)
+    state.metrics.tokens.inc(int(x.shape[1]))
+    return encode_tensor(out, frame_wire(in_frame))
+
+
+def _attest(state: NodeState, in_frame: bytes, out_frame: bytes, *, session_id: str, step: int, start_pos: int,
+            num_tokens: int, nonce: str, prev_context: bytes, session: Session | None) -> Receipt:
+    """Sign what this node computed, and move the session on to its next step."""
     input_hash = sha256(in_frame)
     context = next_context(prev_context, input_hash)
     receipt = Receipt(
         manifest_hash=state.manifest_hash, shard_index=state.spec.index, session_id=session_id, step=step,
-        start_pos=start_pos, num_tokens=int(x.shape[1]), input_hash=hex32(input_hash),
+        start_pos=start_pos, num_tokens=num_tokens, input_hash=hex32(input_hash),
         context_hash=hex32(context), output_hash=hex32(sha256(out_frame)), request_nonce=nonce,
         timestamp_ms=now_ms(),
     ).signed(state.private_key, state.domain)
     if session is not None:
         session.context = context
         session.next_step = step + 1
-    state.metrics.tokens.inc(int(x.shape[1]))
-    return out_frame, receipt
+    return receipt
 
 
 def _check_target(state: NodeState, manifest_hash: str, shard_index: int) -> None:
@@ -196,16 +230,21 @@ async def forward(request: web.Request) -> web.Response:
     if x.shape[1] > st.config.max_length:
         raise ProtocolError(ErrorCode.CONTEXT_OVERFLOW, f"{x.shape[1]} positions exceed max_length {st.config.max_length}")
     seed = context_seed(st.manifest_hash, st.spec.index, req.session_id)
-    out_frame, receipt = await _run_hop(st, x, bytes(payload), session_id=req.session_id, step=0, start_pos=0,
-                                        nonce=req.request_nonce, prev_context=seed, session=None)
+    in_frame = bytes(payload)
+    out_frame = await _compute(st, x, in_frame, 0, None)
+    receipt = _attest(st, in_frame, out_frame, session_id=req.session_id, step=0, start_pos=0,
+                      num_tokens=int(x.shape[1]), nonce=req.request_nonce, prev_context=seed, session=None)
     return web.Response(body=encode_envelope(result_reply(receipt), out_frame), content_type="application/octet-stream")
 
 
 async def _session_step(st: NodeState, session: Session, *, step: int, start_pos: int, nonce: str,
-                        payload: memoryview | bytes) -> tuple[bytes, Receipt]:
+                        payload: memoryview | bytes, onward: Onward | None = None) -> tuple[bytes, Receipt]:
     """Run one ordered step of a session under its lock. The same request sent again right after it
     was done (same step, nonce and input) gets the same signed answer instead of an ordering error:
-    that is what lets a client recover from a relay that broke without knowing how far it got."""
+    that is what lets a client recover from a relay that broke without knowing how far it got.
+
+    ``onward`` (relay) gets the output before the receipt is signed: the next node starts computing
+    while this one signs."""
     in_frame = bytes(payload)
     async with session.lock:
         last = session.last
@@ -221,10 +260,17 @@ async def _session_step(st: NodeState, session: Session, *, step: int, start_pos
         if start_pos + x.shape[1] > session.max_length:
             raise ProtocolError(ErrorCode.CONTEXT_OVERFLOW,
                                 f"{start_pos + x.shape[1]} positions exceed the session's max_length {session.max_length}")
-        out_frame, receipt = await _run_hop(
-            st, x, in_frame, session_id=session.session_id, step=step, start_pos=start_pos,
-            nonce=nonce, prev_context=session.context, session=session)
-        session.last = (nonce, receipt, out_frame)
+        out_frame = await _compute(st, x, in_frame, start_pos, session)
+        try:
+            if onward is not None:
+                await onward(out_frame)
+        finally:
+            # The KV cache has moved on: whatever became of the send, the step is done here and signed,
+            # so that the client's retry of it gets this same answer.
+            receipt = _attest(st, in_frame, out_frame, session_id=session.session_id, step=step,
+                              start_pos=start_pos, num_tokens=int(x.shape[1]), nonce=nonce,
+                              prev_context=session.context, session=session)
+            session.last = (nonce, receipt, out_frame)
         return out_frame, receipt
 
 
@@ -259,61 +305,58 @@ async def _ws_message(st: NodeState, owner: int, req: AnyRequest, payload: memor
     raise ProtocolError(ErrorCode.BAD_REQUEST, f"{req.type!r} is not a session message (use POST /v1/forward)")
 
 
-async def _relay_step(st: NodeState, owner: int, req: RelayStep, payload: memoryview) -> None:
-    """Do this node's hop of a relayed step and pass the message on (or, as the last hop, push the
-    whole chain to the client). Errors are pushed to the session's owner by the caller."""
+async def _relay_step(st: NodeState, conn: Connection, req: RelayStep, payload: memoryview) -> None:
+    """Do this node's hop of a relayed step: pass the output on to the next node (or, as the last hop,
+    to the client) first, then push the signed receipt to the client. Errors are pushed to the
+    session's owner by the caller."""
     st.metrics.requests.labels("relay").inc()
     if not st.config.relay:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "this node does not take part in relay (relay = false)")
-    frames = split_frames(payload, req.frame_sizes)
-    hop = len(req.receipts)
+    hop = req.hop
     if hop >= len(req.orders):
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"relayed step already has all {len(req.orders)} receipts")
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"relayed step names hop {hop} of a {len(req.orders)}-hop chain")
     order = req.orders[hop]
     if order.shard_index != st.spec.index or order.address.lower() != st.address.lower():
         raise ProtocolError(ErrorCode.WRONG_SHARD, f"relayed hop {hop} is for shard {order.shard_index} at "
                                                    f"{order.address}, this is shard {st.spec.index} at {st.address}")
     session = st.sessions.relayed(req.session_id)
-    try:
-        receipts = [Receipt.from_json(r) for r in req.receipts]
-        if hop == 0:
-            # The first hop takes the step only from the client that opened the session.
-            if owner != session.owner:
-                raise ReceiptError("a relayed step with no receipts must come from the session's owner")
-        else:
-            if session.upstream is None:
-                raise ReceiptError("this session was opened without an upstream node: it takes no relayed steps")
-            check_relayed(receipts, req.orders, frames, manifest_hash=st.manifest_hash, session_id=req.session_id,
-                          domain=st.domain, signatures_from=hop - 1)
-            # The client named, when it opened the session, the one node that may hand it steps;
-            # check_relayed has just recovered the previous receipt's signer and matched it to that order.
-            if req.orders[hop - 1].address.lower() != session.upstream:
-                raise ReceiptError(f"the previous hop is {req.orders[hop - 1].address}, but the client named "
-                                   f"{session.upstream} as this session's upstream")
-    except ReceiptError as exc:
-        raise ProtocolError(ErrorCode.RELAY_FAILED, f"relayed step refused at shard {st.spec.index}: {exc}") from None
+    if hop == 0:
+        # The first hop takes the step only from the client that opened the session.
+        if conn.owner != session.owner:
+            raise ProtocolError(ErrorCode.RELAY_FAILED, f"relayed step refused at shard {st.spec.index}: hop 0 "
+                                                        "must come from the session's owner")
+    elif session.upstream is None:
+        raise ProtocolError(ErrorCode.RELAY_FAILED, f"relayed step refused at shard {st.spec.index}: this session "
+                                                    "was opened without an upstream node, it takes no relayed steps")
+    elif conn.peer != session.upstream:
+        # The client named, when it opened the session, the one node that may hand it steps; the link
+        # proved its key once, when it was opened (LinkProof).
+        who = f"a link authenticated as {conn.peer}" if conn.peer else "a link that never authenticated"
+        raise ProtocolError(ErrorCode.RELAY_FAILED, f"relayed step refused at shard {st.spec.index}: it came over "
+                                                    f"{who}, but the client named {session.upstream} as upstream")
+    owner = st.connections.get(session.owner)
+    if owner is None or owner.closed:
+        raise ProtocolError(ErrorCode.RELAY_FAILED, "the client's connection is gone")
+    onward: Onward | None = None
+    if hop + 1 < len(req.orders):
+        nxt = req.orders[hop + 1]
+        relay = st.relay
+        assert relay is not None  # created by the app's cleanup context before any request
+
+        async def onward(out_frame: bytes) -> None:
+            message = encode_envelope(RelayStep(session_id=req.session_id, orders=req.orders, hop=hop + 1), out_frame)
+            await relay.send(nxt.url, message, session_id=req.session_id, step=nxt.step, address=nxt.address)
+
     out_frame, receipt = await _session_step(st, session, step=order.step, start_pos=order.start_pos,
-                                             nonce=order.request_nonce, payload=frames[-1])
-    receipt_dicts = [*req.receipts, receipt.to_json()]
-    sizes = [*req.frame_sizes, len(out_frame)]
-    body = b"".join([*frames, out_frame])
-    if hop + 1 == len(req.orders):
-        ws = st.connections.get(session.owner)
-        if ws is None or ws.closed:
-            raise ProtocolError(ErrorCode.RELAY_FAILED, "the client's connection is gone")
-        await ws.send_bytes(encode_envelope(RelayResult(session_id=req.session_id, receipts=receipt_dicts,
-                                                        frame_sizes=sizes), body))
-        return
-    assert st.relay is not None  # created by the app's cleanup context before any request
-    nxt = RelayStep(session_id=req.session_id, orders=req.orders, receipts=receipt_dicts, frame_sizes=sizes)
-    await st.relay.send(req.orders[hop + 1].url, encode_envelope(nxt, body), session_id=req.session_id,
-                        step=req.orders[hop + 1].step)
+                                             nonce=order.request_nonce, payload=payload, onward=onward)
+    await owner.send_bytes(encode_envelope(RelayResult(session_id=req.session_id, hop=hop, receipt=receipt.to_json()),
+                                           out_frame))
 
 
-async def _relay_task(st: NodeState, sender: web.WebSocketResponse, req: RelayStep, payload: memoryview,
-                      t0: float) -> None:
+async def _relay_task(st: NodeState, conn: Connection, req: RelayStep, payload: memoryview, t0: float) -> None:
+    sender = conn.ws
     try:
-        await _relay_step(st, id(sender), req, payload)
+        await _relay_step(st, conn, req, payload)
         st.metrics.hop_seconds.observe(time.perf_counter() - t0)
     except ProtocolError as exc:
         await _push_error(st, req, exc, sender)
@@ -327,8 +370,7 @@ async def _push_error(st: NodeState, req: RelayStep, exc: ProtocolError, sender:
     tell the node that sent it (it tells its own client: see RelayLinks.on_refused)."""
     st.metrics.errors.labels(exc.code.value).inc()
     log.info("relayed step for session %s… stopped at shard %d: %s", req.session_id[:18], st.spec.index, exc.message)
-    hop = len(req.receipts)
-    step = req.orders[hop].step if hop < len(req.orders) else None
+    step = req.orders[req.hop].step if req.hop < len(req.orders) else None
     message = encode_envelope(error_reply(exc, session_id=req.session_id, step=step))
     try:
         owner = st.sessions.relayed(req.session_id).owner
@@ -351,6 +393,23 @@ async def _refused_downstream(st: NodeState, session_id: str, step: int | None, 
         await ws.send_bytes(encode_envelope(error_reply(err, session_id=session_id, step=step)))
 
 
+def _link_message(st: NodeState, conn: Connection, req: LinkHello | LinkProof) -> bytes:
+    if isinstance(req, LinkHello):
+        conn.challenge = hex32(os.urandom(32))
+        return encode_envelope(LinkChallenge(address=st.address, nonce=conn.challenge))
+    challenge, conn.challenge = conn.challenge, None  # one proof per challenge
+    if challenge is None:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "link proof without a challenge: send link_hello first")
+    try:
+        signer = digest_signer(link_digest(st.address, challenge), req.signature, what="link proof")
+    except ReceiptError as exc:
+        raise ProtocolError(ErrorCode.FORBIDDEN, str(exc)) from None
+    if signer.lower() != req.address.lower():
+        raise ProtocolError(ErrorCode.FORBIDDEN, f"link proof signed by {signer}, not by {req.address}")
+    conn.peer = signer.lower()
+    return encode_envelope(LinkAccepted(address=signer))
+
+
 def _ws_error(st: NodeState, exc: ProtocolError, data: bytes | None) -> bytes:
     st.metrics.errors.labels(exc.code.value).inc()
     session_id = step = None
@@ -369,6 +428,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(max_msg_size=st.config.max_body_bytes, heartbeat=30.0)
     await ws.prepare(request)
     owner = id(ws)
+    conn = Connection(ws, owner)
     st.connections[owner] = ws
     try:
         async for msg in ws:
@@ -380,14 +440,17 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
                     await ws.send_bytes(_ws_error(st, exc, None))
                     continue
                 if isinstance(req, RelayStep):
-                    # No reply on this connection: the result goes on to the next node, and the
-                    # outcome reaches the client from the last node (or as a pushed error).
-                    task = asyncio.create_task(_relay_task(st, ws, req, payload, t0))
+                    # No reply on this connection: the result goes on to the next node, and every
+                    # node pushes its receipt to the client (or an error, when the step stops there).
+                    task = asyncio.create_task(_relay_task(st, conn, req, payload, t0))
                     st.tasks.add(task)
                     task.add_done_callback(st.tasks.discard)
                     continue
                 try:
-                    reply = await _ws_message(st, owner, req, payload, t0)
+                    if isinstance(req, LinkHello | LinkProof):
+                        reply = _link_message(st, conn, req)
+                    else:
+                        reply = await _ws_message(st, owner, req, payload, t0)
                 except ProtocolError as exc:
                     reply = _ws_error(st, exc, msg.data)
                 except Exception:
@@ -442,7 +505,7 @@ async def _executor_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _relay_ctx(app: web.Application) -> AsyncIterator[None]:
     st = app[STATE]
-    st.relay = RelayLinks(timeout_s=10.0, max_msg_bytes=st.config.max_body_bytes + 64 * 1024,
+    st.relay = RelayLinks(private_key=st.private_key, timeout_s=10.0, max_msg_bytes=st.config.max_body_bytes + 64 * 1024,
                           on_refused=lambda sid, step, why: _refused_downstream(st, sid, step, why))
     await st.relay.start()
     yield

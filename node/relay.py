@@ -1,10 +1,13 @@
 """Server-to-server relay: a node hands its output straight to the next node of the chain.
 
-The client orders a whole step at once (:class:`~veriswarm.protocol.RelayStep`); each node checks the
-receipts it was handed, computes its hop, appends its own signed receipt and output frame, and sends
-the message on. The last node pushes the complete chain (every receipt, every frame) to the client
-over the client's own connection. Any failure is pushed to the client as an error for the session,
-and the client falls back to asking each node itself (steps are idempotent, so nothing is lost).
+The client orders a whole step at once (:class:`~veriswarm.protocol.RelayStep`); each node computes
+its hop, sends the output on, and only then signs its receipt and pushes it (with its output frame)
+to the client over the client's own connection: the token waits on forwards and sends only, while
+signing and the client's checks overlap the next node's forward. A relay link proves the sending
+node's key once, when it opens (hello, challenge, signed proof); the next node takes relayed steps for
+a session only over a link proven to be the upstream the client named. Any failure is pushed to the
+client as an error for the session, and the client falls back to asking each node itself (steps are
+idempotent, so nothing is lost).
 """
 
 from __future__ import annotations
@@ -16,7 +19,19 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 
 from veriswarm.errors import ErrorCode, ProtocolError
-from veriswarm.protocol import PROTOCOL_VERSION, VERSION_HEADER, ErrorReply, decode_reply
+from veriswarm.protocol import (
+    PROTOCOL_VERSION,
+    VERSION_HEADER,
+    ErrorReply,
+    LinkAccepted,
+    LinkChallenge,
+    LinkHello,
+    LinkProof,
+    decode_reply,
+    encode_envelope,
+    link_digest,
+)
+from veriswarm.receipts import address_of, sign_digest
 
 #: called with (session id, step, reason) when a next hop refuses a relayed step it cannot pin on a session,
 #: or its connection drops with relayed steps sent on it
@@ -28,7 +43,10 @@ log = logging.getLogger("veriswarm.node.relay")
 class RelayLinks:
     """One outgoing WebSocket per next-hop URL, reused across sessions and steps."""
 
-    def __init__(self, *, timeout_s: float, max_msg_bytes: int, on_refused: OnRefused | None = None) -> None:
+    def __init__(self, *, private_key: bytes, timeout_s: float, max_msg_bytes: int,
+                 on_refused: OnRefused | None = None) -> None:
+        self.private_key = private_key
+        self.address = address_of(private_key)
         self.timeout_s = timeout_s
         self.on_refused = on_refused
         self.max_msg_bytes = max_msg_bytes
@@ -43,9 +61,10 @@ class RelayLinks:
     async def start(self) -> None:
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s))
 
-    async def send(self, url: str, message: bytes, *, session_id: str, step: int) -> None:
-        """Send one relay message to the node at ``url``; ProtocolError(RELAY_FAILED) if it can't be."""
-        ws = await self._link(url)
+    async def send(self, url: str, message: bytes, *, session_id: str, step: int, address: str) -> None:
+        """Send one relay message to the node at ``url`` (whose key is ``address``); ProtocolError(RELAY_FAILED)
+        if it can't be."""
+        ws = await self._link(url, address)
         sent = self._sent.setdefault(url, {})
         sent.pop(session_id, None)
         sent[session_id] = step
@@ -57,7 +76,7 @@ class RelayLinks:
             await self._drop(url)
             raise ProtocolError(ErrorCode.RELAY_FAILED, f"could not relay to {url}: {type(exc).__name__}: {exc}") from None
 
-    async def _link(self, url: str) -> aiohttp.ClientWebSocketResponse:
+    async def _link(self, url: str, address: str) -> aiohttp.ClientWebSocketResponse:
         ws = self._links.get(url)
         if ws is not None and not ws.closed:
             return ws
@@ -75,11 +94,44 @@ class RelayLinks:
             except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
                 raise ProtocolError(ErrorCode.RELAY_FAILED,
                                     f"could not reach the next hop {url}: {type(exc).__name__}: {exc}") from None
+            try:
+                await self._authenticate(ws, url, address)
+            except BaseException:
+                await ws.close()
+                raise
             self._links[url] = ws
             # Someone must read the socket, or the peer's heartbeat pings go unanswered and errors it
             # sends back (about a relayed message it could not even attribute to a session) are lost.
             self._readers[url] = asyncio.create_task(self._drain(url, ws))
             return ws
+
+    async def _authenticate(self, ws: aiohttp.ClientWebSocketResponse, url: str, address: str) -> None:
+        """Prove this node's key to the next hop, once per link: it signs the next hop's fresh challenge."""
+        def refused(why: str) -> ProtocolError:
+            return ProtocolError(ErrorCode.RELAY_FAILED, f"relay link to {url} not authenticated: {why}")
+
+        async def exchange(message: bytes) -> object:
+            await ws.send_bytes(message)
+            msg = await ws.receive(timeout=self.timeout_s)
+            if msg.type != aiohttp.WSMsgType.BINARY:
+                raise refused(f"the next hop closed the link ({msg.type.name})")
+            reply, _ = decode_reply(msg.data)
+            if isinstance(reply, ErrorReply):
+                raise refused(reply.message)
+            return reply
+
+        try:
+            challenge = await exchange(encode_envelope(LinkHello()))
+            if not isinstance(challenge, LinkChallenge):
+                raise refused("expected a challenge")
+            if challenge.address.lower() != address.lower():
+                raise refused(f"it answers with key {challenge.address}, the client ordered {address}")
+            proof = LinkProof(address=self.address,
+                              signature=sign_digest(self.private_key, link_digest(challenge.address, challenge.nonce)))
+            if not isinstance(await exchange(encode_envelope(proof)), LinkAccepted):
+                raise refused("expected the link to be accepted")
+        except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
+            raise refused(f"{type(exc).__name__}: {exc}") from None
 
     async def _drain(self, url: str, ws: aiohttp.ClientWebSocketResponse) -> None:
         async for msg in ws:

@@ -16,12 +16,14 @@ import json
 import struct
 from typing import Annotated, Any, Literal
 
+from eth_utils import keccak
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from .errors import ErrorCode, ProtocolError
 from .receipts import Receipt
 
-PROTOCOL_VERSION = "1"
+#: 2: relayed receipts go straight to the client, relay links are authenticated once (LinkHello)
+PROTOCOL_VERSION = "2"
 VERSION_HEADER = "X-Veriswarm-Protocol"
 ENVELOPE_MAGIC = b"VSW1"
 MAX_HEADER_BYTES = 16 * 1024
@@ -31,6 +33,8 @@ Hex32 = Annotated[str, Field(pattern=r"^0x[0-9a-f]{64}$")]
 Address = Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{40}$")]
 MAX_CHAIN = 64
 Uint32 = Annotated[int, Field(ge=0, le=2**32 - 1)]
+Signature = Annotated[str, Field(pattern=r"^0x[0-9a-f]{130}$")]
+LINK_DOMAIN = b"veriswarm/relay-link/1"
 
 
 class _Msg(BaseModel):
@@ -111,26 +115,60 @@ class HopOrder(_Msg):
 class RelayStep(_Msg):
     """One step travelling node to node (server-to-server relay).
 
-    ``orders`` is the whole chain, ``receipts`` the signed receipts of the hops done so far (so the
-    receiving node is hop ``len(receipts)``). The payload is the step's input frame followed by each
-    done hop's output frame (``frame_sizes`` gives the split): whoever holds the message can check
-    every receipt against the bytes it covers, and the last node hands the whole chain to the client.
+    ``orders`` is the whole chain, as the client ordered it; the receiving node is hop ``hop`` and the
+    payload is that hop's input frame. Nothing else travels along the chain: each node sends its output
+    on first and then pushes its signed receipt to the client (:class:`RelayResult`), so signing and
+    checking stay off the path a token waits on. Hop 0 comes from the client that owns the session;
+    any other hop only over a relay link authenticated as the session's upstream node (``LinkProof``).
     """
 
     type: Literal["relay"] = "relay"
     session_id: Hex32
     orders: Annotated[list[HopOrder], Field(min_length=1, max_length=MAX_CHAIN)]
-    receipts: Annotated[list[dict[str, Any]], Field(max_length=MAX_CHAIN)]
-    frame_sizes: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=MAX_CHAIN + 1)]
+    hop: Uint32
 
 
 class RelayResult(_Msg):
-    """Pushed by the last node of a relayed step to the client: every hop's receipt and frame."""
+    """Pushed by each node of a relayed step to the client that owns the session: the node's signed
+    receipt for its hop; the payload is its output frame (the next hop's input, or the step's output)."""
 
     type: Literal["relayed"] = "relayed"
     session_id: Hex32
-    receipts: Annotated[list[dict[str, Any]], Field(max_length=MAX_CHAIN)]
-    frame_sizes: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=MAX_CHAIN + 1)]
+    hop: Uint32
+    receipt: dict[str, Any]
+
+
+class LinkHello(_Msg):
+    """A node opening a relay link to its next hop asks to be challenged (see :func:`link_digest`)."""
+
+    type: Literal["link_hello"] = "link_hello"
+
+
+class LinkChallenge(_Msg):
+    """The next hop's answer to :class:`LinkHello`: its own key and a fresh nonce to sign."""
+
+    type: Literal["link_challenge"] = "link_challenge"
+    address: Address
+    nonce: Hex32
+
+
+class LinkProof(_Msg):
+    """The connecting node's key and its signature over :func:`link_digest` of the challenge."""
+
+    type: Literal["link_proof"] = "link_proof"
+    address: Address
+    signature: Signature
+
+
+class LinkAccepted(_Msg):
+    type: Literal["link_accepted"] = "link_accepted"
+    address: Address
+
+
+def link_digest(challenger: str, nonce: str) -> bytes:
+    """What a node signs to authenticate a relay link: the challenging node's address and its nonce
+    (one use per connection, so a proof cannot be replayed on another connection or to another node)."""
+    return bytes(keccak(LINK_DOMAIN + bytes.fromhex(challenger[2:]) + bytes.fromhex(nonce[2:])))
 
 
 class ErrorReply(_Msg):
@@ -151,9 +189,10 @@ class HopSubmission(_Msg):
     input_bytes: Annotated[int, Field(ge=0)]
 
 
-Request = Annotated[ForwardRequest | OpenSession | StepRequest | CloseSession | RelayStep | SetUpstream,
-                    Field(discriminator="type")]
-Reply = Annotated[Opened | StepResult | Closed | RelayResult | ErrorReply, Field(discriminator="type")]
+Request = Annotated[ForwardRequest | OpenSession | StepRequest | CloseSession | RelayStep | SetUpstream | LinkHello
+                    | LinkProof, Field(discriminator="type")]
+Reply = Annotated[Opened | StepResult | Closed | RelayResult | ErrorReply | LinkChallenge | LinkAccepted,
+                  Field(discriminator="type")]
 _REQUEST = TypeAdapter(Request)
 _REPLY = TypeAdapter(Reply)
 
@@ -211,8 +250,8 @@ def _first_error(exc: ValidationError) -> str:
     return f"{where}: {err.get('msg', 'invalid')}"
 
 
-AnyRequest = ForwardRequest | OpenSession | StepRequest | CloseSession | RelayStep | SetUpstream
-AnyReply = Opened | StepResult | Closed | RelayResult | ErrorReply
+AnyRequest = ForwardRequest | OpenSession | StepRequest | CloseSession | RelayStep | SetUpstream | LinkHello | LinkProof
+AnyReply = Opened | StepResult | Closed | RelayResult | ErrorReply | LinkChallenge | LinkAccepted
 
 
 def decode_request(data: bytes | bytearray | memoryview) -> tuple[AnyRequest, memoryview]:
@@ -252,15 +291,3 @@ def error_reply(exc: ProtocolError, *, session_id: str | None = None, step: int 
 
 def result_reply(receipt: Receipt) -> StepResult:
     return StepResult(receipt=receipt.to_json())
-
-
-def split_frames(payload: memoryview, sizes: list[int]) -> list[bytes]:
-    """Cut a relay payload into its frames; the declared sizes must cover it exactly."""
-    if sum(sizes) != len(payload):
-        raise ProtocolError(ErrorCode.BAD_FRAME,
-                            f"relay payload is {len(payload)} bytes, its frame sizes add up to {sum(sizes)}")
-    frames, at = [], 0
-    for size in sizes:
-        frames.append(bytes(payload[at:at + size]))
-        at += size
-    return frames

@@ -129,31 +129,11 @@ class Receipt:
         return hex32(keccak(self.struct_hash() + bytes.fromhex(self.signature[2:])))
 
     def signed(self, private_key: bytes, domain: ReceiptDomain) -> Receipt:
-        # libsecp256k1 (coincurve) signs deterministically (RFC 6979) with a low s, as eth-keys does; the
-        # key object is cached because deriving it costs more than the signature (a node signs every hop).
-        raw = _signing_key(private_key).sign_recoverable(self.digest(domain), hasher=None)
-        return replace(self, signature="0x" + raw[:64].hex() + format(raw[64] + 27, "02x"))
+        return replace(self, signature=sign_digest(private_key, self.digest(domain)))
 
     def signer(self, domain: ReceiptDomain) -> NodeAddress:
         """Recover the signing address; raises ReceiptError on a malformed or malleable signature."""
-        sig_hex = self.signature
-        if not isinstance(sig_hex, str) or not _SIG.fullmatch(sig_hex):
-            raise ReceiptError("receipt signature must be 0x + 130 lower-case hex digits (r, s, v)")
-        raw = bytes.fromhex(sig_hex[2:])
-        r, s, v = int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:64], "big"), raw[64]
-        if not 0 < r < _SECP256K1_N:
-            raise ReceiptError("receipt signature has an out-of-range r value")
-        if v not in (27, 28):
-            raise ReceiptError(f"receipt signature has v={v}; expected 27 or 28")
-        if not 0 < s <= _SECP256K1_N // 2:
-            raise ReceiptError("receipt signature has a high s value (malleable); refused")
-        try:
-            # coincurve directly: the same secp256k1 recovery as eth-keys, without its per-call overhead
-            pub = coincurve.PublicKey.from_signature_and_message(raw[:64] + bytes([v - 27]), self.digest(domain),
-                                                                 hasher=None)
-        except (ValueError, TypeError) as exc:
-            raise ReceiptError(f"receipt signature does not recover: {exc}") from exc
-        return NodeAddress(to_checksum_address(keccak(pub.format(compressed=False)[1:])[-20:]))
+        return digest_signer(self.digest(domain), self.signature, what="receipt")
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -169,6 +149,34 @@ class Receipt:
         receipt = cls(**data)
         receipt.struct_hash()  # validates every field's type and range
         return receipt
+
+
+def sign_digest(private_key: bytes, digest: bytes) -> str:
+    """r ‖ s ‖ v (v = 27/28) over a 32-byte digest, as ``ecrecover`` takes it."""
+    # libsecp256k1 (coincurve) signs deterministically (RFC 6979) with a low s, as eth-keys does; the
+    # key object is cached because deriving it costs more than the signature (a node signs every hop).
+    raw = _signing_key(private_key).sign_recoverable(digest, hasher=None)
+    return "0x" + raw[:64].hex() + format(raw[64] + 27, "02x")
+
+
+def digest_signer(digest: bytes, signature: object, *, what: str = "signature") -> NodeAddress:
+    """The address that signed ``digest``; ReceiptError on a malformed, malleable or unrecoverable signature."""
+    if not isinstance(signature, str) or not _SIG.fullmatch(signature):
+        raise ReceiptError(f"{what} signature must be 0x + 130 lower-case hex digits (r, s, v)")
+    raw = bytes.fromhex(signature[2:])
+    r, s, v = int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:64], "big"), raw[64]
+    if not 0 < r < _SECP256K1_N:
+        raise ReceiptError(f"{what} signature has an out-of-range r value")
+    if v not in (27, 28):
+        raise ReceiptError(f"{what} signature has v={v}; expected 27 or 28")
+    if not 0 < s <= _SECP256K1_N // 2:
+        raise ReceiptError(f"{what} signature has a high s value (malleable); refused")
+    try:
+        # coincurve directly: the same secp256k1 recovery as eth-keys, without its per-call overhead
+        pub = coincurve.PublicKey.from_signature_and_message(raw[:64] + bytes([v - 27]), digest, hasher=None)
+    except (ValueError, TypeError) as exc:
+        raise ReceiptError(f"{what} signature does not recover: {exc}") from exc
+    return NodeAddress(to_checksum_address(keccak(pub.format(compressed=False)[1:])[-20:]))
 
 
 @lru_cache(maxsize=64)

@@ -1,12 +1,12 @@
 """A misbehaving peer: a WebSocket/HTTP proxy in front of an honest node that alters what it relays
-(its answers to the client, and the chain it hands back at the end of a server-to-server relay).
+(its answers to the client, and the receipts it pushes to the client during a server-to-server relay).
 
 Modes:
 - ``flip_output``: change one byte of the output tensor, keep the honest receipt.
 - ``rehash``: change the output and rewrite the receipt's output hash (the signature no longer matches).
 - ``resign``: change the output, rewrite the hash and re-sign with a key that is not the node's.
 - ``replay``: answer step k>0 with the reply to step k-1 (a stale, genuinely signed result).
-- ``drop_receipt``: hand back a relayed chain with the first hop's receipt left out.
+- ``drop_receipt``: withhold the receipts of relayed steps (the node still computes and relays on).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from veriswarm.protocol import (
     decode_reply,
     encode_envelope,
     result_reply,
-    split_frames,
 )
 from veriswarm.receipts import Receipt, ReceiptDomain, hex32
 
@@ -36,38 +35,25 @@ MODE = web.AppKey("mode", str)
 SOCKETS = web.AppKey("sockets", set[web.WebSocketResponse])
 
 
-def _tamper(mode: str, data: bytes, previous: bytes | None) -> bytes:
+def _tamper(mode: str, data: bytes, previous: bytes | None) -> bytes | None:
+    """What the proxy passes on instead of ``data`` (None: nothing)."""
     reply, payload = decode_reply(data)
     if not isinstance(reply, StepResult | RelayResult):
         return data
     if mode == "replay":
         return previous if previous is not None else data
     if mode == "drop_receipt":
-        if not isinstance(reply, RelayResult):
-            return data
-        frames = split_frames(payload, reply.frame_sizes)
-        dropped = RelayResult(session_id=reply.session_id, receipts=reply.receipts[1:],
-                              frame_sizes=[len(f) for f in frames])
-        return encode_envelope(dropped, b"".join(frames))
-    if isinstance(reply, RelayResult):
-        # The proxied node is the last hop: alter its output (the last frame) and its receipt.
-        frames = split_frames(payload, reply.frame_sizes)
-        receipt_json, out_frame = reply.receipts[-1], frames[-1]
-    else:
-        frames, receipt_json, out_frame = [], reply.receipt, bytes(payload)
-    out = decode_tensor(out_frame, max_bytes=1 << 30).clone()
+        return None if isinstance(reply, RelayResult) else data
+    out = decode_tensor(payload, max_bytes=1 << 30).clone()
     out.view(-1)[0] += 0.5
     frame = encode_tensor(out)
-    receipt = Receipt.from_json(receipt_json)
+    receipt = Receipt.from_json(reply.receipt)
     if mode != "flip_output":
         receipt = Receipt(**{**receipt.to_json(), "output_hash": hex32(sha256(frame))})  # type: ignore[arg-type]
         if mode == "resign":
             receipt = receipt.signed(os.urandom(32), ReceiptDomain())
     if isinstance(reply, RelayResult):
-        frames[-1] = frame
-        relayed = RelayResult(session_id=reply.session_id, receipts=[*reply.receipts[:-1], receipt.to_json()],
-                              frame_sizes=[len(f) for f in frames])
-        return encode_envelope(relayed, b"".join(frames))
+        return encode_envelope(RelayResult(session_id=reply.session_id, hop=reply.hop, receipt=receipt.to_json()), frame)
     return encode_envelope(result_reply(receipt), frame)
 
 
@@ -93,7 +79,9 @@ async def _ws(request: web.Request) -> web.WebSocketResponse:
                     break
                 honest = msg.data
                 kind = decode_reply(honest)[0].type
-                await down.send_bytes(_tamper(mode, honest, previous.get(kind)))
+                altered = _tamper(mode, honest, previous.get(kind))
+                if altered is not None:
+                    await down.send_bytes(altered)
                 if kind in ("result", "relayed"):
                     previous[kind] = honest
             await down.close()

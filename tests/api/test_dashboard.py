@@ -22,7 +22,7 @@ from veriswarm.deploy.local import LocalSwarm, free_port
 from veriswarm.errors import ConfigError
 from veriswarm.incentives.ledger import Ledger
 from veriswarm.manifest import ModelDir
-from veriswarm.protocol import VERSION_HEADER
+from veriswarm.protocol import PROTOCOL_VERSION, VERSION_HEADER
 from veriswarm.sinks import HttpSink
 from veriswarm.verifier.core import Verifier, VerifierConfig
 from veriswarm.verifier.service import make_app as verifier_app
@@ -139,7 +139,7 @@ async def test_ledger_verifier_and_requests(tiny_swarm: LocalSwarm, tiny_dir: Pa
                 assert resp.status == 200
                 tokens = (await resp.json())["usage"]["completion_tokens"]
                 await asyncio.get_running_loop().run_in_executor(None, sink.flush)
-                assert (await vhttp.post("/v1/audit", headers={VERSION_HEADER: "1"})).status == 200
+                assert (await vhttp.post("/v1/audit", headers={VERSION_HEADER: PROTOCOL_VERSION})).status == 200
                 epoch = ledger.receipt(_any_receipt_id(ledger))["epoch"]
                 ledger.allocate_epoch(epoch, 10**18)
                 victim = tiny_swarm.nodes[1].address

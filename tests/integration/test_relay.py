@@ -1,9 +1,10 @@
-"""Server-to-server relay between real node processes: each node hands its output to the next and only
-the last answers the client, with every hop's signed receipt carried along.
+"""Server-to-server relay between real node processes: each node hands its output to the next, then
+pushes its signed receipt (and output frame) to the client, which checks the chain hop by hop.
 
 Relay and client-mediated paths must give bitwise-identical logits (the nodes compute the same thing on
-the same bytes); a node killed mid-generation must not change the greedy text; a relay that drops or
-alters a receipt must be caught; and a relayed step from anyone but the authorised upstream is refused.
+the same bytes); a node killed mid-generation must not change the greedy text; a relay that withholds or
+alters a receipt must be caught; and a relayed step from anyone but the authorised upstream, over a link
+that proved its key, is refused.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ from veriswarm.protocol import (
     VERSION_HEADER,
     ErrorReply,
     HopOrder,
+    LinkAccepted,
+    LinkChallenge,
+    LinkHello,
+    LinkProof,
     Opened,
     OpenSession,
     RelayStep,
@@ -36,8 +41,9 @@ from veriswarm.protocol import (
     StepResult,
     decode_reply,
     encode_envelope,
+    link_digest,
 )
-from veriswarm.receipts import Receipt, ReceiptDomain, hex32
+from veriswarm.receipts import hex32, sign_digest
 from veriswarm.sinks import MemorySink
 
 from ..adversaries.tampering import make_tamper_app
@@ -120,13 +126,17 @@ async def test_a_relay_that_drops_or_alters_a_receipt_is_caught(swarm: LocalSwar
     urls = _one_replica(swarm)
     async with AsyncClient(three_shards, urls, relay=False) as client:
         reference = await client.generate_ids(PROMPT, max_new_tokens=6, ignore_eos=True)
-    async with TestServer(make_tamper_app(urls[2], mode)) as proxy:
+    # Withheld receipts are tested on the middle hop (the chain's result still arrives, its receipt does
+    # not); altered outputs on the last hop, whose answers the client uses.
+    shard = 1 if mode == "drop_receipt" else 2
+    async with TestServer(make_tamper_app(urls[shard], mode)) as proxy:
         sink = MemorySink()
         lying = str(proxy.make_url("")).rstrip("/")
-        async with AsyncClient(three_shards, [urls[0], urls[1], lying], sink=sink, timeout_s=10) as client:
+        route = [lying if i == shard else u for i, u in enumerate(urls)]
+        async with AsyncClient(three_shards, route, sink=sink, timeout_s=10) as client:
             if mode == "drop_receipt":
-                # Only the relayed chain is cut short; answers asked for directly are honest, so the client
-                # turns relay off for the session and finishes with the same text.
+                # Only relayed receipts are withheld; answers asked for directly are honest, so the client
+                # turns relay off for the session (after one step) and finishes with the same text.
                 gen = await client.generate_ids(PROMPT, max_new_tokens=6, ignore_eos=True)
                 assert gen.token_ids == reference.token_ids
                 assert gen.relayed_steps == 0
@@ -136,14 +146,15 @@ async def test_a_relay_that_drops_or_alters_a_receipt_is_caught(swarm: LocalSwar
     # Nothing that failed the check was passed on: every record is the honest one for its hop and step.
     honest = {(r.receipt.shard_index, r.receipt.step): r.receipt.output_hash for r in sink.records}
     assert len(honest) == len(sink.records)
-    assert all(r.receipt.shard_index < 2 or r.node_url == lying for r in sink.records)
+    assert all(r.receipt.shard_index != shard or r.node_url == lying for r in sink.records)
     if mode != "drop_receipt":
         assert not [r for r in sink.records if r.node_url == lying]
 
 
 async def test_relayed_steps_only_from_the_authorised_upstream(swarm: LocalSwarm, three_shards: Path) -> None:
-    """A stranger who knows a session id cannot push steps into it: with no receipts it is not the owner,
-    and receipts it signs itself are not from the upstream the client named."""
+    """A stranger who knows a session id cannot push steps into it: as hop 0 it is not the owner; as a later
+    hop it must come over a relay link that proved the key of the upstream the client named, and a link
+    proof is one signature over this node's fresh challenge (not replayable, not forgeable)."""
     urls = _one_replica(swarm)
     info = []
     async with aiohttp.ClientSession() as http:
@@ -152,8 +163,9 @@ async def test_relayed_steps_only_from_the_authorised_upstream(swarm: LocalSwarm
                 info.append(await resp.json())
         session_id, manifest = hex32(os.urandom(32)), info[0]["manifest_hash"]
         headers = {VERSION_HEADER: PROTOCOL_VERSION}
-        owner = await http.ws_connect(urls[1].replace("http", "ws") + "/v1/ws", headers=headers)
-        stranger = await http.ws_connect(urls[1].replace("http", "ws") + "/v1/ws", headers=headers)
+        ws_url = urls[1].replace("http", "ws") + "/v1/ws"
+        owner = await http.ws_connect(ws_url, headers=headers)
+        stranger = await http.ws_connect(ws_url, headers=headers)
         await owner.send_bytes(encode_envelope(OpenSession(manifest_hash=manifest, shard_index=1, session_id=session_id,
                                                            max_length=32, upstream=info[0]["address"])))
         assert isinstance(decode_reply((await owner.receive()).data)[0], Opened)
@@ -163,30 +175,56 @@ async def test_relayed_steps_only_from_the_authorised_upstream(swarm: LocalSwarm
             return HopOrder(shard_index=shard, url=urls[shard], address=info[shard]["address"], step=0, start_pos=0,
                             request_nonce=hex32(os.urandom(32)))
 
-        # 1. As if it were the first hop: no receipts, but not the session's owner.
+        async def pushed_error() -> ErrorReply:
+            reply, _ = decode_reply((await owner.receive(timeout=10)).data)
+            assert isinstance(reply, ErrorReply), reply
+            return reply
+
+        async def ask(ws: aiohttp.ClientWebSocketResponse, message: object) -> object:
+            await ws.send_bytes(encode_envelope(message))  # type: ignore[arg-type]
+            return decode_reply((await ws.receive(timeout=10)).data)[0]
+
+        # 1. As if it were the first hop: not the session's owner.
         await stranger.send_bytes(encode_envelope(RelayStep(session_id=session_id, orders=[order(1), order(2)],
-                                                            receipts=[], frame_sizes=[len(frame)]), frame))
-        pushed, _ = decode_reply((await owner.receive(timeout=10)).data)
-        assert isinstance(pushed, ErrorReply) and pushed.code == "relay_failed" and "owner" in pushed.message
-        # 2. With a receipt it signed itself for a fake shard 0.
+                                                            hop=0), frame))
+        err = await pushed_error()
+        assert err.code == "relay_failed" and "owner" in err.message
+        # 2. As hop 1 over a link that never authenticated.
+        chain = [order(0), order(1), order(2)]
+        await stranger.send_bytes(encode_envelope(RelayStep(session_id=session_id, orders=chain, hop=1), frame))
+        err = await pushed_error()
+        assert err.code == "relay_failed" and "never authenticated" in err.message
+        # 3. Link proofs: without a challenge, for someone else's challenge, replayed, or signed for another
+        #    address are refused; a proof of its own key is accepted, but that key is not the upstream.
         key = os.urandom(32)
-        forged_order = order(0).model_copy(update={"address": _address(key)})
-        out = encode_tensor(torch.randn(1, 2, 64))
-        from veriswarm.frames import sha256
-        fake = Receipt(manifest_hash=manifest, shard_index=0, session_id=session_id, step=0, start_pos=0, num_tokens=2,
-                       input_hash=hex32(sha256(frame)), context_hash=hex32(b"\0" * 32), output_hash=hex32(sha256(out)),
-                       request_nonce=forged_order.request_nonce, timestamp_ms=1).signed(
-            key, ReceiptDomain(info[0]["chain_id"], info[0]["verifying_contract"]))
-        await stranger.send_bytes(encode_envelope(RelayStep(
-            session_id=session_id, orders=[forged_order, order(1)], receipts=[fake.to_json()],
-            frame_sizes=[len(frame), len(out)]), frame + out))
-        pushed, _ = decode_reply((await owner.receive(timeout=10)).data)
-        assert isinstance(pushed, ErrorReply) and pushed.code == "relay_failed" and "upstream" in pushed.message
-        # 3. For a session this node does not have: the answer goes back to the sender (a relaying node
+        me = _address(key)
+        refused = await ask(stranger, LinkProof(address=me, signature="0x" + "11" * 65))
+        assert isinstance(refused, ErrorReply) and "challenge" in refused.message
+        challenge = await ask(stranger, LinkHello())
+        assert isinstance(challenge, LinkChallenge) and challenge.address.lower() == info[1]["address"].lower()
+        wrong = await ask(stranger, LinkProof(address=me, signature=sign_digest(key, link_digest(info[2]["address"],
+                                                                                                   challenge.nonce))))
+        assert isinstance(wrong, ErrorReply) and wrong.code == "forbidden"
+        replayed = await ask(stranger, LinkProof(address=me, signature=sign_digest(key, link_digest(
+            challenge.address, challenge.nonce))))
+        assert isinstance(replayed, ErrorReply) and "challenge" in replayed.message  # that challenge is used up
+        challenge = await ask(stranger, LinkHello())
+        assert isinstance(challenge, LinkChallenge)
+        claimed = await ask(stranger, LinkProof(address=info[0]["address"], signature=sign_digest(key, link_digest(
+            challenge.address, challenge.nonce))))
+        assert isinstance(claimed, ErrorReply) and claimed.code == "forbidden" and "not by" in claimed.message
+        challenge = await ask(stranger, LinkHello())
+        assert isinstance(challenge, LinkChallenge)
+        accepted = await ask(stranger, LinkProof(address=me, signature=sign_digest(key, link_digest(
+            challenge.address, challenge.nonce))))
+        assert isinstance(accepted, LinkAccepted) and accepted.address.lower() == me.lower()
+        await stranger.send_bytes(encode_envelope(RelayStep(session_id=session_id, orders=chain, hop=1), frame))
+        err = await pushed_error()
+        assert err.code == "relay_failed" and "upstream" in err.message and me.lower() in err.message
+        # 4. For a session this node does not have: the answer goes back to the sender (a relaying node
         #    passes it on to its own client at once, instead of leaving it to time out).
         unknown = hex32(os.urandom(32))
-        await stranger.send_bytes(encode_envelope(RelayStep(session_id=unknown, orders=[order(1)], receipts=[],
-                                                            frame_sizes=[len(frame)]), frame))
+        await stranger.send_bytes(encode_envelope(RelayStep(session_id=unknown, orders=[order(1)], hop=0), frame))
         back, _ = decode_reply((await stranger.receive(timeout=10)).data)
         assert isinstance(back, ErrorReply) and back.code == "unknown_session" and back.session_id == unknown
         # Nothing was computed: the owner's own step 0 is still the next one.

@@ -18,6 +18,7 @@ from veriswarm.manifest import ModelDir
 from veriswarm.node.app import make_app
 from veriswarm.node.config import NodeConfig
 from veriswarm.protocol import (
+    PROTOCOL_VERSION,
     VERSION_HEADER,
     CloseSession,
     ErrorReply,
@@ -33,7 +34,7 @@ from veriswarm.receipts import Receipt, ReceiptDomain, address_of, context_seed,
 from veriswarm.split.artifacts import load_shard
 
 KEY = bytes.fromhex("11" * 32)
-V = {VERSION_HEADER: "1"}
+V = {VERSION_HEADER: PROTOCOL_VERSION}
 
 
 def rid() -> str:

@@ -18,7 +18,7 @@ from veriswarm.client import AsyncClient
 from veriswarm.deploy.local import LocalSwarm
 from veriswarm.frames import decode_tensor, encode_tensor
 from veriswarm.manifest import ModelDir
-from veriswarm.protocol import VERSION_HEADER, ForwardRequest, HopSubmission, StepResult, decode_reply, encode_envelope
+from veriswarm.protocol import PROTOCOL_VERSION, VERSION_HEADER, ForwardRequest, HopSubmission, StepResult, decode_reply, encode_envelope
 from veriswarm.receipts import Receipt, hex32
 from veriswarm.sinks import HopRecord, MemorySink
 from veriswarm.verifier.core import Verifier, VerifierConfig
@@ -26,7 +26,7 @@ from veriswarm.verifier.honeypot import judge, make_honeypot
 from veriswarm.verifier.links import CARRIER_BLAME
 from veriswarm.verifier.service import make_app
 
-V = {VERSION_HEADER: "1"}
+V = {VERSION_HEADER: PROTOCOL_VERSION}
 
 
 def _client(server: BaseTestServer) -> TestClient[web.Request, None]:

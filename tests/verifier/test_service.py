@@ -14,13 +14,13 @@ from veriswarm.client import AsyncClient
 from veriswarm.deploy.local import LocalSwarm
 from veriswarm.incentives.ledger import Ledger
 from veriswarm.manifest import ModelDir
-from veriswarm.protocol import VERSION_HEADER, HopSubmission, encode_envelope
+from veriswarm.protocol import PROTOCOL_VERSION, VERSION_HEADER, HopSubmission, encode_envelope
 from veriswarm.receipts import Receipt, hex32
 from veriswarm.sinks import HopRecord, HttpSink, MemorySink
 from veriswarm.verifier.core import Verifier, VerifierConfig
 from veriswarm.verifier.service import make_app
 
-V = {VERSION_HEADER: "1"}
+V = {VERSION_HEADER: PROTOCOL_VERSION}
 
 
 def _body(rec: HopRecord, **override: object) -> bytes:

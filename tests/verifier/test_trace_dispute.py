@@ -29,7 +29,7 @@ from veriswarm.incentives.ledger import Ledger
 from veriswarm.incentives.models import SlashRow
 from veriswarm.keys import load_keystore
 from veriswarm.manifest import ModelDir
-from veriswarm.protocol import VERSION_HEADER
+from veriswarm.protocol import PROTOCOL_VERSION, VERSION_HEADER
 from veriswarm.sinks import HopRecord, MemorySink
 from veriswarm.split.artifacts import load_shard
 from veriswarm.split.modeling import ShardModel
@@ -194,7 +194,8 @@ def test_the_trace_endpoint_refuses_bad_requests(swarms: Swarms) -> None:
                         nonce="0x" + os.urandom(32).hex())
 
     def post(body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict[str, dict[str, str]]]:
-        req = urllib.request.Request(url, data=body, method="POST", headers={VERSION_HEADER: "1"} if headers is None else headers)
+        req = urllib.request.Request(url, data=body, method="POST",
+                                     headers={VERSION_HEADER: PROTOCOL_VERSION} if headers is None else headers)
         try:
             with urllib.request.urlopen(req, timeout=30) as resp:
                 return resp.status, {}

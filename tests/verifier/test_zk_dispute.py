@@ -23,7 +23,7 @@ from veriswarm.deploy.local import LocalSwarm
 from veriswarm.incentives.ledger import Ledger
 from veriswarm.incentives.models import SlashRow
 from veriswarm.manifest import ModelDir
-from veriswarm.protocol import VERSION_HEADER
+from veriswarm.protocol import PROTOCOL_VERSION, VERSION_HEADER
 from veriswarm.sinks import HopRecord, MemorySink
 from veriswarm.verifier.core import Verifier, VerifierConfig
 from veriswarm.verifier.zk import SliceSpec, ZkConfig
@@ -157,7 +157,8 @@ def test_the_prove_endpoint_refuses_bad_requests(dispute: Dispute) -> None:
                         nonce="0x" + os.urandom(32).hex())
 
     def post(body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict[str, dict[str, str]]]:
-        req = urllib.request.Request(url, data=body, method="POST", headers={VERSION_HEADER: "1"} if headers is None else headers)
+        req = urllib.request.Request(url, data=body, method="POST",
+                                     headers={VERSION_HEADER: PROTOCOL_VERSION} if headers is None else headers)
         try:
             with urllib.request.urlopen(req, timeout=30) as resp:
                 return resp.status, json.loads(resp.read())
@@ -203,7 +204,7 @@ async def test_the_verifier_service_reports_the_dispute(dispute: Dispute) -> Non
 
     verifier = Verifier(dispute.md, config=VerifierConfig(audit_rate=1.0, idle_s=3600, zk_sample_rate=0.0),
                         zk=dispute.auditor())
-    headers = {VERSION_HEADER: "1"}
+    headers = {VERSION_HEADER: PROTOCOL_VERSION}
     async with TestServer(make_app(verifier=verifier)) as server:
         client: TestClient[Any, None] = TestClient(server)
         async with client as http:
