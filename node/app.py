@@ -157,13 +157,17 @@ def _hidden_from(state: NodeState, payload: memoryview) -> torch.Tensor:
 
 async def _compute(state: NodeState, x: torch.Tensor, in_frame: bytes, start_pos: int,
                    session: Session | None) -> bytes:
-    """The forward pass, off the event loop behind the semaphore; the output frame in the wire format
-    received (q8 decodes to fp32)."""
+    """The forward pass behind the semaphore, off the event loop (but see NodeConfig.inline_decode); the
+    output frame in the wire format received (q8 decodes to fp32)."""
     loop = asyncio.get_running_loop()
     cache = session.cache if session is not None else None
     async with state.semaphore:
         t0 = time.perf_counter()
-        out = await loop.run_in_executor(state.executor, state.shard.forward, x.to(torch.float32), start_pos, cache)
+        if x.shape[1] == 1 and state.config.inline_decode and state.config.max_concurrency == 1:
+            # A decode step, with nothing else allowed to compute: see NodeConfig.inline_decode.
+            out = state.shard.forward(x.to(torch.float32), start_pos, cache)
+        else:
+            out = await loop.run_in_executor(state.executor, state.shard.forward, x.to(torch.float32), start_pos, cache)
         state.metrics.step_seconds.observe(time.perf_counter() - t0)
     state.metrics.tokens.inc(int(x.shape[1]))
     return encode_tensor(out, frame_wire(in_frame))

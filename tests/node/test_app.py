@@ -43,9 +43,21 @@ def rid() -> str:
 
 @pytest.fixture
 async def node(tiny_dir: Path) -> AsyncIterator[TestClient]:
+    async for client in _node(tiny_dir, inline_decode=True):
+        yield client
+
+
+@pytest.fixture(params=[True, False], ids=["inline-decode", "worker-decode"])
+async def either_node(tiny_dir: Path, request: pytest.FixtureRequest) -> AsyncIterator[TestClient]:
+    """The node with decode steps run on its event loop (the default) or in its worker thread."""
+    async for client in _node(tiny_dir, inline_decode=request.param):
+        yield client
+
+
+async def _node(tiny_dir: Path, *, inline_decode: bool) -> AsyncIterator[TestClient]:
     md = ModelDir.open(tiny_dir)
     cfg = NodeConfig(model_dir=tiny_dir, shard=1, max_body_bytes=200_000, max_sessions=3, max_length=64,
-                     session_idle_timeout_s=0.4)
+                     session_idle_timeout_s=0.4, inline_decode=inline_decode)
     app = make_app(config=cfg, manifest=md.manifest, shard=load_shard(md, 1), private_key=KEY)
     async with TestClient(TestServer(app)) as client:
         client.manifest_hash = md.manifest.hash  # type: ignore[attr-defined]
@@ -136,7 +148,8 @@ def _open(node: TestClient, sid: str, max_length: int = 32) -> OpenSession:
     return OpenSession(manifest_hash=node.manifest_hash, shard_index=1, session_id=sid, max_length=max_length)  # type: ignore[attr-defined]
 
 
-async def test_session_decode_equals_full_recompute_and_receipts_chain(node: TestClient) -> None:
+async def test_session_decode_equals_full_recompute_and_receipts_chain(either_node: TestClient) -> None:
+    node = either_node
     ws = await _ws(node)
     sid = rid()
     reply, _ = await _send(ws, _open(node, sid))
