@@ -4,7 +4,11 @@ Prints a human-readable table and, last, one JSON line:
     {"split_tok_s", "mono_tok_s", "ratio", "ttft_s", ...}
 tok/s = generated tokens / wall time of the whole generation (prefill included), median of the runs,
 the paths interleaved so that drift on the machine hits them alike. The baseline is the monolithic model
-at its best thread count (measured, not assumed). ``split`` is the default path
+at its best thread count (measured, not assumed). ``ratio`` is the median over runs of split ÷ monolithic
+measured within the same run (seconds apart), which drift on a shared machine moves far less than a
+ratio of medians taken minutes apart (also printed, as ``ratio_of_medians``). The same shards also run in
+a bare pipeline of as many processes with no protocol (``bare_pipeline.py``): ``bare_pipeline_ratio`` is
+the most any protocol could reach on this machine, and ``split_vs_bare_pipeline`` what veriswarm's costs. ``split`` is the default path
 (server-to-server relay); the client-mediated path (the client forwards between hops) is measured too.
 """
 
@@ -22,6 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
+from bare_pipeline import BarePipeline  # bench/, next to this script
 
 from veriswarm.client import Client
 from veriswarm.deploy.local import LocalSwarm
@@ -66,13 +71,16 @@ def main() -> None:
         write_model_dir(out=model_dir, name=source.name, cfg=config_from_hf(model.config),
                         state_dict=model.state_dict(), tokenizer=tok, num_shards=args.shards, source=source.describe())
         with LocalSwarm(model_dir=model_dir, workdir=Path(tmp) / "swarm", torch_threads=args.node_threads) as swarm, \
-                Client(model_dir, swarm.urls) as client, Client(model_dir, swarm.urls, relay=False) as direct:
+                Client(model_dir, swarm.urls) as client, Client(model_dir, swarm.urls, relay=False) as direct, \
+                BarePipeline(model_dir, threads=args.node_threads or torch.get_num_threads()) as bare:
             ids = client._async.encode_chat(PROMPT)
             # Warm every path (allocations, first-call overheads, relay links) before measuring.
             client.generate_ids(ids, max_new_tokens=4, ignore_eos=True)
             direct.generate_ids(ids, max_new_tokens=4, ignore_eos=True)
+            torch.set_num_threads(args.client_threads)
+            bare.generate(ids, 4)
             mono_run(model, ids, 4)
-            split_tok_s, split_ttft, direct_tok_s = [], [], []
+            split_tok_s, split_ttft, direct_tok_s, bare_tok_s = [], [], [], []
             mono_threads = [int(t) for t in args.mono_threads.split(",")]
             mono: dict[int, tuple[list[float], list[float]]] = {t: ([], []) for t in mono_threads}
             default_threads = torch.get_num_threads()
@@ -85,6 +93,9 @@ def main() -> None:
                 d = direct.generate_ids(ids, max_new_tokens=args.tokens, ignore_eos=True)
                 assert d.token_ids == g.token_ids and d.relayed_steps == 0
                 direct_tok_s.append(args.tokens / d.total_s)
+                tokens, seconds = bare.generate(ids, args.tokens)
+                assert tokens == g.token_ids, "the bare pipeline and the split chain disagree"
+                bare_tok_s.append(args.tokens / seconds)
                 for t in mono_threads:
                     torch.set_num_threads(t)
                     total, ttft = mono_run(model, ids, args.tokens)
@@ -94,19 +105,31 @@ def main() -> None:
     best = max(mono_threads, key=lambda t: statistics.median(mono[t][0]))
     mono_tok_s, mono_ttft = mono[best]
     s, m, dm = statistics.median(split_tok_s), statistics.median(mono_tok_s), statistics.median(direct_tok_s)
+    paired = [a / b for a, b in zip(split_tok_s, mono_tok_s, strict=True)]
+    b = statistics.median(bare_tok_s)
+    paired_bare = [a / c for a, c in zip(bare_tok_s, mono_tok_s, strict=True)]
+    protocol = [a / c for a, c in zip(split_tok_s, bare_tok_s, strict=True)]
+    paired_direct = [a / b for a, b in zip(direct_tok_s, mono_tok_s, strict=True)]
     print(f"prompt tokens {len(ids)}, generated {args.tokens}, shards {args.shards}, runs {args.runs}, "
           f"node threads {args.node_threads}, client threads {args.client_threads}, cores {os.cpu_count()}")
     print(f"split, relay            {s:7.2f} tok/s   ttft {statistics.median(split_ttft) * 1000:7.1f} ms   "
           f"runs {[round(v, 1) for v in split_tok_s]}")
     print(f"split, client-mediated  {dm:7.2f} tok/s   runs {[round(v, 1) for v in direct_tok_s]}")
+    print(f"bare pipeline (no protocol) {b:7.2f} tok/s   runs {[round(v, 1) for v in bare_tok_s]}")
     for t in mono_threads:
         print(f"monolithic, {t} thread(s) {statistics.median(mono[t][0]):7.2f} tok/s   ttft "
               f"{statistics.median(mono[t][1]) * 1000:7.1f} ms   runs {[round(v, 1) for v in mono[t][0]]}"
               + ("   <- baseline (best)" if t == best else ""))
-    print(json.dumps({"split_tok_s": round(s, 3), "mono_tok_s": round(m, 3), "ratio": round(s / m, 4),
+    print(f"split / monolithic per run: relay {[round(r, 3) for r in paired]}, "
+          f"client-mediated {[round(r, 3) for r in paired_direct]}, bare pipeline {[round(r, 3) for r in paired_bare]}")
+    print(f"split (relay) / bare pipeline per run: {[round(r, 3) for r in protocol]}")
+    print(json.dumps({"split_tok_s": round(s, 3), "mono_tok_s": round(m, 3),
+                      "ratio": round(statistics.median(paired), 4), "ratio_of_medians": round(s / m, 4),
                       "ttft_s": round(statistics.median(split_ttft), 4),
                       "mono_ttft_s": round(statistics.median(mono_ttft), 4),
-                      "client_mediated_tok_s": round(dm, 3), "client_mediated_ratio": round(dm / m, 4),
+                      "client_mediated_tok_s": round(dm, 3), "client_mediated_ratio": round(statistics.median(paired_direct), 4),
+                      "bare_pipeline_tok_s": round(b, 3), "bare_pipeline_ratio": round(statistics.median(paired_bare), 4),
+                      "split_vs_bare_pipeline": round(statistics.median(protocol), 4),
                       "mono_threads": best, "node_threads": args.node_threads, "client_threads": args.client_threads,
                       "load_avg_1m": round(os.getloadavg()[0], 2), "tokens": args.tokens,
                       "shards": args.shards, "runs": args.runs}))
