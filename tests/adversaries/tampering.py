@@ -11,17 +11,13 @@ Modes:
 
 from __future__ import annotations
 
-import asyncio
 import os
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from veriswarm.frames import decode_tensor, encode_tensor, sha256
 from veriswarm.protocol import (
-    PROTOCOL_VERSION,
-    VERSION_HEADER,
     RelayResult,
     StepResult,
     decode_reply,
@@ -30,9 +26,7 @@ from veriswarm.protocol import (
 )
 from veriswarm.receipts import Receipt, ReceiptDomain, hex32
 
-UPSTREAM = web.AppKey("upstream", str)
-MODE = web.AppKey("mode", str)
-SOCKETS = web.AppKey("sockets", set[web.WebSocketResponse])
+from .proxy import Peer, make_proxy_app
 
 
 def _tamper(mode: str, data: bytes, previous: bytes | None) -> bytes | None:
@@ -57,61 +51,21 @@ def _tamper(mode: str, data: bytes, previous: bytes | None) -> bytes | None:
     return encode_envelope(result_reply(receipt), frame)
 
 
-async def _info(request: web.Request) -> web.Response:
-    async with aiohttp.ClientSession() as http, http.get(request.app[UPSTREAM] + "/v1/info") as resp:
-        return web.json_response(await resp.json())
+class TamperingPeer(Peer):
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.previous: dict[str, bytes] = {}  # the last honest message of each kind, for ``replay``
 
-
-async def _ws(request: web.Request) -> web.WebSocketResponse:
-    """Full duplex: the node may push messages (a relayed step's result) that answer no request."""
-    mode = request.app[MODE]
-    down = web.WebSocketResponse(max_msg_size=0)
-    await down.prepare(request)
-    request.app[SOCKETS].add(down)
-    up_url = request.app[UPSTREAM].replace("http://", "ws://") + "/v1/ws"
-    async with aiohttp.ClientSession() as http, http.ws_connect(
-            up_url, headers={VERSION_HEADER: PROTOCOL_VERSION}, max_msg_size=0) as up:
-
-        async def downstream() -> None:
-            previous: dict[str, bytes] = {}
-            async for msg in up:
-                if msg.type != aiohttp.WSMsgType.BINARY:
-                    break
-                honest = msg.data
-                kind = decode_reply(honest)[0].type
-                altered = _tamper(mode, honest, previous.get(kind))
-                if altered is not None:
-                    await down.send_bytes(altered)
-                if kind in ("result", "relayed"):
-                    previous[kind] = honest
-            await down.close()
-
-        pump = asyncio.create_task(downstream())
-        try:
-            async for msg in down:
-                if msg.type != aiohttp.WSMsgType.BINARY:
-                    break
-                await up.send_bytes(msg.data)
-        finally:
-            pump.cancel()
-    return down
-
-
-async def _close_sockets(app: web.Application) -> None:
-    # Nodes keep their relay links open: close them, or the server waits out its shutdown timeout.
-    for ws in list(app[SOCKETS]):
-        await ws.close()
+    def to_client(self, data: bytes) -> bytes | None:
+        kind = decode_reply(data)[0].type
+        altered = _tamper(self.mode, data, self.previous.get(kind))
+        if kind in ("result", "relayed"):
+            self.previous[kind] = data
+        return altered
 
 
 def make_tamper_app(upstream: str, mode: str) -> web.Application:
-    app = web.Application()
-    app[UPSTREAM] = upstream
-    app[MODE] = mode
-    app[SOCKETS] = set()
-    app.on_shutdown.append(_close_sockets)
-    app.router.add_get("/v1/info", _info)
-    app.router.add_get("/v1/ws", _ws)
-    return app
+    return make_proxy_app(upstream, lambda: TamperingPeer(mode))
 
 
 __all__: list[Any] = ["make_tamper_app"]
