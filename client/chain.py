@@ -252,7 +252,7 @@ class ChainSession:
         t0 = time.perf_counter()
         try:
             await first.send(encode_envelope(RelayStep(session_id=self.session_id, orders=orders, hop=0), frame))
-            checked = await self._await_relay(orders, frame, start, shape)
+            checked, arrived = await self._await_relay(orders, frame, start, shape)
         except ReceiptError as exc:
             self._abandoned.extend(nonces)
             # A node's receipt disagrees with what the hop before it handed on, or is missing: a relay
@@ -271,26 +271,30 @@ class ChainSession:
                 if self._relay_breaks >= 2:
                     self._relay_off(f"relayed steps refused or lost twice, last: {exc}")
             return None
-        elapsed = time.perf_counter() - t0
-        for hop, (receipt, in_frame, out_frame, context, _) in zip(self.hops, checked, strict=True):
+        previous = t0
+        for hop, (receipt, in_frame, out_frame, context, _), at in zip(self.hops, checked, arrived, strict=True):
             self._commit(hop, receipt, in_frame, out_frame, context)
             hop.history.append((in_frame, start, shape))
             if self.router is not None:
                 assert hop.link is not None
-                # The chain's time, shared out: relay gives no per-hop timing the client could trust.
-                self.router.observe(hop.link.peer.url, elapsed / len(self.hops))
+                # A hop's time is the gap between its receipt's arrival and the previous hop's (each node
+                # pushes right after handing its output on), so a slow node is seen as slow under relay too.
+                self.router.observe(hop.link.peer.url, max(0.0, at - previous))
+            previous = max(previous, at)
         self.relay_steps += 1
         return checked[-1][4]
 
-    async def _await_relay(self, orders: list[HopOrder], frame: bytes, start: int,
-                           shape: tuple[int, ...]) -> list[tuple[Receipt, bytes, bytes, bytes, torch.Tensor]]:
+    async def _await_relay(self, orders: list[HopOrder], frame: bytes, start: int, shape: tuple[int, ...]
+                           ) -> tuple[list[tuple[Receipt, bytes, bytes, bytes, torch.Tensor]], list[float]]:
         """Take every hop's pushed receipt and frame, checking each hop as soon as its input (the previous
         hop's output) is known; nothing is committed here. Every link is watched: a node that dies or
         pushes an error ends the wait at once instead of after the timeout. Once the last hop's result is
-        in, a hop whose receipt has not come within ``relay_grace_s`` fails the check."""
+        in, a hop whose receipt has not come within ``relay_grace_s`` fails the check. Also returns when
+        each hop's receipt arrived."""
         links = [h.link for h in self.hops]
         n = len(links)
         got: list[tuple[Receipt, bytes] | None] = [None] * n
+        arrived = [0.0] * n
         checked: list[tuple[Receipt, bytes, bytes, bytes, torch.Tensor]] = []
         tasks = {asyncio.create_task(link.receive()): i for i, link in enumerate(links) if link is not None}
         try:
@@ -324,6 +328,7 @@ class ChainSession:
                         raise RemoteError(orders[i].url, reply.code, reply.message)
                     if not (isinstance(reply, RelayResult) and reply.session_id == self.session_id and reply.hop == i):
                         raise RemoteError(orders[i].url, "bad_reply", f"unexpected {reply.type!r} during a relayed step")
+                    arrived[i] = time.perf_counter()
                     try:
                         got[i] = (Receipt.from_json(reply.receipt), bytes(payload))
                     except ReceiptError as exc:
@@ -339,7 +344,7 @@ class ChainSession:
                                                 start=start, nonce=orders[i].request_nonce, shape=shape)
                     checked.append((receipt, in_frame, out_frame, context, out))
                 if len(checked) == n:
-                    return checked
+                    return checked, arrived
             raise RemoteError("relay", "closed", "every link closed")
         finally:
             for task in tasks:

@@ -5,10 +5,12 @@ Modes:
 - ``stall``: takes step and relay messages and never answers or passes them on.
 - ``close_midframe``: on a step or relay message, writes half a WebSocket frame and drops the connection.
 - ``lie_load``: advertises thousands of free session slots but refuses every session as at capacity.
+- ``slow``: honest, but holds every step and relay message SLOW_S before passing it on.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +21,8 @@ from veriswarm.errors import ErrorCode, ProtocolError
 from veriswarm.protocol import AnyReply, AnyRequest, decode_reply, decode_request, encode_envelope, error_reply
 
 from .proxy import Peer, StopProxying, make_proxy_app
+
+SLOW_S = 0.06
 
 
 def _kind(data: bytes, decode: Callable[[bytes], tuple[AnyRequest | AnyReply, Any]]) -> str:
@@ -51,6 +55,8 @@ class FaultyPeer(Peer):
             request.transport.write(b"\x82\x7e\x10\x00partial")
             request.transport.abort()
             raise StopProxying
+        if kind in ("step", "relay") and self.mode == "slow":
+            await asyncio.sleep(SLOW_S)
         if kind == "open" and self.mode == "lie_load":
             err = ProtocolError(ErrorCode.CAPACITY, "node is at its limit of 32 sessions")
             await down.send_bytes(encode_envelope(error_reply(err)))
