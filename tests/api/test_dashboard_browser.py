@@ -11,10 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +22,7 @@ from veriswarm.deploy.local import LocalSwarm, free_port
 from veriswarm.incentives.ledger import Ledger
 from veriswarm.manifest import ModelDir
 
+from .gateway_proc import gateway_process
 from .hostile import IMG, SCRIPT, URL_PATH, ThreadServer, hostile_app
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -66,28 +63,13 @@ def gateway(tiny_swarm: LocalSwarm, tiny_dir: Path, tmp_path: Path) -> Iterator[
     hostile_url = f"http://127.0.0.1:{hport}{URL_PATH}"
     peers = tmp_path / "peers.json"
     peers.write_text(json.dumps([{"url": u} for u in (*tiny_swarm.urls, hostile_url)]))
-    port = free_port()
     log = tmp_path / "gateway.log"
-    with log.open("wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "veriswarm.cli", "api", "serve", "--model-dir", str(tiny_dir),
-                                 "--peers-file", str(peers), "--port", str(port), "--ledger", f"sqlite:///{ledger_file}"],
-                                stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}"
+    args = ["--model-dir", str(tiny_dir), "--peers-file", str(peers), "--ledger", f"sqlite:///{ledger_file}"]
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=1)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(log.read_text()) from None
-                time.sleep(0.2)
-        assert f"dashboard: {url}/dashboard" in log.read_text()
-        yield url, hostile_url, victim
+        with gateway_process(args, log) as url:
+            assert f"dashboard: {url}/dashboard" in log.read_text()
+            yield url, hostile_url, victim
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=15)
         hostile.stop()
 
 

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -18,33 +14,18 @@ import openai
 import pytest
 
 from veriswarm.client import Client
-from veriswarm.deploy.local import LocalSwarm, free_port
+from veriswarm.deploy.local import LocalSwarm
+
+from .gateway_proc import gateway_process
 
 KEY = "sk-test-veriswarm"
 
 
 @pytest.fixture(scope="module")
 def gateway(tiny_swarm: LocalSwarm, tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    log = tmp_path_factory.mktemp("gw") / "gateway.log"
-    with log.open("wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "veriswarm.cli", "api", "serve", "--model-dir", str(tiny_dir),
-                                 "--peers", ",".join(tiny_swarm.urls), "--port", str(port), "--api-key", KEY,
-                                 "--rate-limit", "600"],
-                                stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=1)
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(log.read_text()) from None
-            time.sleep(0.2)
-    yield url
-    proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=15)
+    args = ["--model-dir", str(tiny_dir), "--peers", ",".join(tiny_swarm.urls), "--api-key", KEY, "--rate-limit", "600"]
+    with gateway_process(args, tmp_path_factory.mktemp("gw") / "gateway.log") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
