@@ -48,6 +48,7 @@ def test_generation_over_the_q8_wire(tiny_swarm: LocalSwarm, tiny_dir: Path, tin
         steps = 12
         gen = q8.generate_ids(ids, max_new_tokens=steps, return_logits=True, ignore_eos=True)
         assert len(gen.step_logits) == steps and gen.finish_reason == "length"
+        assert gen.relayed_steps == steps  # q8 frames travel node to node as they are
         # Each decode step over q8 (through the nodes' KV caches) against the fp32 wire on the same tokens.
         ref = exact.prefill_logits(ids + gen.token_ids[:-1])
         worst = max((got - ref[len(ids) - 1 + i]).abs().max().item() for i, got in enumerate(gen.step_logits))
