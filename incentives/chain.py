@@ -198,10 +198,18 @@ class Chain:
             tx["from"] = to_checksum_address(sender)
         if value:
             tx["value"] = _hex(value)
-        try:
-            return _b(self.rpc("eth_call", tx, block))
-        except RpcError as exc:
-            raise self._revert(label, exc) from None
+        attempt = 0
+        while True:
+            try:
+                return _b(self.rpc("eth_call", tx, block))
+            except RpcError as exc:
+                # anvil (seen with 1.7.1) can answer a call at "latest" with BlockOutOfRangeError when a block
+                # is mined during it (cf. foundry-rs/foundry#10709): the same call a moment later is fine.
+                if "BlockOutOfRange" in exc.message and block in ("latest", "pending") and attempt < 3:
+                    attempt += 1
+                    time.sleep(0.02 * attempt)
+                    continue
+                raise self._revert(label, exc) from None
 
     def logs(self, address: str, topics: Sequence[str | None], from_block: int = 0) -> list[dict[str, Any]]:
         return list(self.rpc("eth_getLogs", {"address": to_checksum_address(address), "fromBlock": _hex(from_block),

@@ -81,6 +81,7 @@ class _FlakyProxy(http.server.BaseHTTPRequestHandler):
     fail_before = 0
     lose_reply: set[str] = set()
     seen: list[str] = []
+    out_of_range = 0  # eth_calls answered with anvil's BlockOutOfRangeError race
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
@@ -90,6 +91,10 @@ class _FlakyProxy(http.server.BaseHTTPRequestHandler):
         if cls.fail_before > 0:
             cls.fail_before -= 1
             return self._answer(503, b"busy")
+        if method == "eth_call" and cls.out_of_range > 0:
+            cls.out_of_range -= 1
+            error = {"code": -32602, "message": "BlockOutOfRangeError: block height is 10 but requested was 9"}
+            return self._answer(200, json.dumps({"jsonrpc": "2.0", "id": json.loads(body)["id"], "error": error}).encode())
         req = urllib.request.Request(cls.upstream, data=body, headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req) as resp:
             answer = resp.read()
@@ -139,6 +144,18 @@ def test_transient_errors_are_retried_and_a_lost_reply_never_sends_twice(devnet:
     proxy.fail_before = 10
     with pytest.raises(ChainError, match="chain unreachable at .*HTTP 503 after 2 attempts"):
         Chain(proxy.url, retries=1, backoff_s=0.01).block_number()
+
+
+def test_anvils_latest_block_race_is_retried(devnet: Deployment, chain: Chain, proxy: type[_FlakyProxy]) -> None:
+    """anvil sometimes answers an eth_call at "latest" with BlockOutOfRangeError while it mines a block
+    (seen once in this suite's devnet test); a read retries it, up to three times."""
+    staking = devnet.staking_contract(Chain(proxy.url, retries=0, backoff_s=0.01))
+    expected = devnet.staking_contract(chain).call("minStake")
+    proxy.out_of_range = 3
+    assert staking.call("minStake") == expected
+    proxy.out_of_range = 4
+    with pytest.raises(ChainError, match="BlockOutOfRange"):
+        staking.call("minStake")
 
 
 def test_a_chain_that_is_down_is_one_clear_error() -> None:
