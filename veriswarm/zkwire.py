@@ -22,14 +22,12 @@ import json
 import math
 from typing import Annotated, Any, Literal
 
-from eth_keys import keys
-from eth_keys.exceptions import BadSignature
-from eth_keys.exceptions import ValidationError as KeyValidationError
 from eth_utils import keccak
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from .errors import ErrorCode, ProtocolError
+from .errors import ErrorCode, ProtocolError, ReceiptError
 from .protocol import Hex32, Uint32, _split, encode_envelope
+from .receipts import digest_signer, sign_digest
 
 PROVE_PATH = "/v1/prove"
 CLAIM_DOMAIN = b"veriswarm/zk-claim/1"
@@ -173,21 +171,18 @@ def claim_digest(request: ProveRequest, proof: dict[str, Any], claimed_output: l
 
 
 def sign_claim(digest: bytes, private_key: bytes) -> str:
-    """r ‖ s ‖ v (v = 27/28) over ``digest``, the receipts' signature format."""
-    v, r, s = keys.PrivateKey(private_key).sign_msg_hash(digest).vrs
-    return "0x" + (r.to_bytes(32, "big") + s.to_bytes(32, "big") + bytes([v + 27])).hex()
+    """r ‖ s ‖ v (v = 27/28) over ``digest``, the receipts' signature format (:func:`receipts.sign_digest`)."""
+    return sign_digest(private_key, digest)
 
 
 def claim_signer(digest: bytes, signature: str) -> str:
-    """The checksummed address that signed ``digest``; ProtocolError if the signature does not recover."""
-    raw = bytes.fromhex(signature.removeprefix("0x"))
-    if len(raw) != 65 or raw[64] not in (27, 28):
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "claim signature must be 65 bytes r ‖ s ‖ v with v 27 or 28")
+    """The checksummed address that signed ``digest``; ProtocolError unless the signature is in its one
+    canonical form (lower-case hex, low s) and recovers. One form only: a replay check keyed on the
+    signature must not take the same signature spelled otherwise for a new one."""
     try:
-        sig = keys.Signature(signature_bytes=raw[:64] + bytes([raw[64] - 27]))
-        return str(sig.recover_public_key_from_msg_hash(digest).to_checksum_address())
-    except (BadSignature, KeyValidationError, ValueError) as exc:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"claim signature does not recover: {exc}") from None
+        return digest_signer(digest, signature, what="claim")
+    except ReceiptError as exc:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, str(exc)) from None
 
 
 def encode_trace_request(request: TraceRequest, frames: list[bytes]) -> bytes:

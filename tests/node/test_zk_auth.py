@@ -54,6 +54,9 @@ async def _post(node: TestClient, path: str, header: str | None, body: bytes = B
     return resp.status, (await resp.json())["error"]["message"]
 
 
+SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -73,6 +76,15 @@ async def test_dispute_endpoints_answer_only_listed_verifiers(guarded: TestClien
     assert (await _post(guarded, path, good))[0] == 400  # past authentication: the body itself is refused
     status, why = await _post(guarded, path, good)
     assert status == 403 and "already used" in why  # replayed
+    # The same signature spelled otherwise (upper-case hex; the malleable twin s' = n - s, v flipped) is
+    # still the same signed request: refused too, not mistaken for a fresh one.
+    stamp, sig = good.split(":", 1)
+    assert (await _post(guarded, path, f"{stamp}:0x{sig[2:].upper()}"))[0] == 403
+    raw = bytes.fromhex(sig[2:])
+    s = int.from_bytes(raw[32:64], "big")
+    twin = raw[:32] + (SECP256K1_N - s).to_bytes(32, "big") + bytes([55 - raw[64]])
+    status, why = await _post(guarded, path, f"{stamp}:0x{twin.hex()}")
+    assert status == 403 and "high s" in why
 
 
 async def test_the_verifiers_signed_post_is_accepted(guarded: TestClient) -> None:
