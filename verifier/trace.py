@@ -109,6 +109,17 @@ def error_text(exc: urllib.error.HTTPError) -> str:
         return exc.reason if isinstance(exc.reason, str) else "error"
 
 
+def ask_node(post: Post, url: str, body: bytes, deadline_s: float, *, refused: str, noun: str) -> tuple[bytes | None, str]:
+    """POST a dispute request: (the answer, "") or (None, why it did not come) — a refusal or nothing within
+    the deadline, which the caller counts as the node's answer missing."""
+    try:
+        return post(url, body, deadline_s), ""
+    except urllib.error.HTTPError as exc:
+        return None, f"{refused}: HTTP {exc.code}: {error_text(exc)}"
+    except (OSError, TimeoutError) as exc:  # URLError, timeouts, resets
+        return None, f"no {noun} within {deadline_s:g}s: {type(exc).__name__}: {exc}"
+
+
 def session_hidden(records: Sequence[HopRecord], step: int) -> torch.Tensor:
     """The committed inputs of steps 0..step as one [1, P, H] float32 prefill (what re-execution runs)."""
     parts = [decode_tensor(r.input_frame, max_bytes=MAX_FRAME, dtypes=frozenset(DTYPE_NAMES.values())).to(torch.float32)
@@ -276,12 +287,10 @@ class TraceAuditor:
             return ev
 
         url = rec.node_url.rstrip("/") + TRACE_PATH
-        try:
-            raw = self.post(url, encode_trace_request(request, frames), self.deadline_s)
-        except urllib.error.HTTPError as exc:
-            return result("missing", f"node refused the trace: HTTP {exc.code}: {error_text(exc)}")
-        except (OSError, TimeoutError) as exc:  # URLError, timeouts, resets
-            return result("missing", f"no trace within {self.deadline_s:g}s: {type(exc).__name__}: {exc}")
+        raw, why = ask_node(self.post, url, encode_trace_request(request, frames), self.deadline_s,
+                            refused="node refused the trace", noun="trace")
+        if raw is None:
+            return result("missing", why)
         try:
             resp, layer_frames = decode_trace_response(raw)
         except ProtocolError as exc:

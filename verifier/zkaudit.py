@@ -28,8 +28,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,7 +52,7 @@ from veriswarm.zkwire import (
 )
 
 from .trace import MAX_RESPONSE as TRACE_MAX_RESPONSE
-from .trace import Post, TraceAuditor, TraceEvidence, error_text, post_bytes, session_hidden
+from .trace import Post, TraceAuditor, TraceEvidence, ask_node, post_bytes, session_hidden
 from .zk import (
     ProofError,
     SliceProof,
@@ -257,12 +255,10 @@ class ZkAuditor:
                                input_hashes=[r.receipt.input_hash for r in records[: step + 1]],
                                frame_bytes=[len(f) for f in frames], nonce="0x" + os.urandom(32).hex())
         url = rec.node_url.rstrip("/") + PROVE_PATH
-        try:
-            raw = self.post(url, encode_prove_request(request, frames), self.deadline_s)
-        except urllib.error.HTTPError as exc:
-            return result("missing", f"node refused to prove: HTTP {exc.code}: {error_text(exc)}")
-        except (OSError, TimeoutError) as exc:  # URLError, timeouts, resets
-            return result("missing", f"no proof within {self.deadline_s:g}s: {type(exc).__name__}: {exc}")
+        raw, why = ask_node(self.post, url, encode_prove_request(request, frames), self.deadline_s,
+                            refused="node refused to prove", noun="proof")
+        if raw is None:
+            return result("missing", why)
         try:
             resp = decode_prove_response(raw)
         except ProtocolError as exc:
