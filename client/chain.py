@@ -9,6 +9,7 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import aiohttp
 import torch
@@ -35,6 +36,16 @@ class Failover:
     position: int
     replayed_steps: int
     recovery_s: float
+
+
+class _Checked(NamedTuple):
+    """One relayed hop that passed the client's check (nothing committed yet)."""
+
+    receipt: Receipt
+    in_frame: bytes
+    out_frame: bytes
+    context: bytes
+    out: torch.Tensor
 
 
 @dataclass
@@ -272,9 +283,9 @@ class ChainSession:
                     self._relay_off(f"relayed steps refused or lost twice, last: {exc}")
             return None
         previous = t0
-        for hop, (receipt, in_frame, out_frame, context, _), at in zip(self.hops, checked, arrived, strict=True):
-            self._commit(hop, receipt, in_frame, out_frame, context)
-            hop.history.append((in_frame, start, shape))
+        for hop, c, at in zip(self.hops, checked, arrived, strict=True):
+            self._commit(hop, c.receipt, c.in_frame, c.out_frame, c.context)
+            hop.history.append((c.in_frame, start, shape))
             if self.router is not None:
                 assert hop.link is not None
                 # A hop's time is the gap between its receipt's arrival and the previous hop's (each node
@@ -282,10 +293,10 @@ class ChainSession:
                 self.router.observe(hop.link.peer.url, max(0.0, at - previous))
             previous = max(previous, at)
         self.relay_steps += 1
-        return checked[-1][4]
+        return checked[-1].out
 
     async def _await_relay(self, orders: list[HopOrder], frame: bytes, start: int, shape: tuple[int, ...]
-                           ) -> tuple[list[tuple[Receipt, bytes, bytes, bytes, torch.Tensor]], list[float]]:
+                           ) -> tuple[list[_Checked], list[float]]:
         """Take every hop's pushed receipt and frame, checking each hop as soon as its input (the previous
         hop's output) is known; nothing is committed here. Every link is watched: a node that dies or
         pushes an error ends the wait at once instead of after the timeout. Once the last hop's result is
@@ -295,7 +306,7 @@ class ChainSession:
         n = len(links)
         got: list[tuple[Receipt, bytes] | None] = [None] * n
         arrived = [0.0] * n
-        checked: list[tuple[Receipt, bytes, bytes, bytes, torch.Tensor]] = []
+        checked: list[_Checked] = []
         tasks = {asyncio.create_task(link.receive()): i for i, link in enumerate(links) if link is not None}
         try:
             pending = set(tasks)
@@ -339,10 +350,10 @@ class ChainSession:
                     entry = got[i]
                     assert entry is not None
                     receipt, out_frame = entry
-                    in_frame = frame if i == 0 else checked[i - 1][2]
+                    in_frame = frame if i == 0 else checked[i - 1].out_frame
                     context, out = self._verify(self.hops[i], receipt, in_frame, out_frame, step=orders[i].step,
                                                 start=start, nonce=orders[i].request_nonce, shape=shape)
-                    checked.append((receipt, in_frame, out_frame, context, out))
+                    checked.append(_Checked(receipt, in_frame, out_frame, context, out))
                 if len(checked) == n:
                     return checked, arrived
             raise RemoteError("relay", "closed", "every link closed")

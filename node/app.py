@@ -110,9 +110,13 @@ class Connection:
     the sessions whose client named that key as upstream."""
 
     ws: web.WebSocketResponse
-    owner: int
     challenge: str | None = None
     peer: str | None = None  # lower-case address, once proven
+
+    @property
+    def owner(self) -> int:
+        """The id sessions opened on this connection are owned by."""
+        return id(self.ws)
 
 
 def _error_response(code: ErrorCode, message: str) -> web.Response:
@@ -431,8 +435,8 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     st = request.app[STATE]
     ws = web.WebSocketResponse(max_msg_size=st.config.max_body_bytes, heartbeat=30.0)
     await ws.prepare(request)
-    owner = id(ws)
-    conn = Connection(ws, owner)
+    conn = Connection(ws)
+    owner = conn.owner
     st.connections[owner] = ws
     try:
         async for msg in ws:
