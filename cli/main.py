@@ -91,7 +91,9 @@ def node_start(
     config: Annotated[Path | None, typer.Option("--config", help="TOML config file ([node] table)")] = None,
     max_sessions: Annotated[int | None, typer.Option("--max-sessions")] = None,
     max_length: Annotated[int | None, typer.Option("--max-length")] = None,
-    torch_threads: Annotated[int | None, typer.Option("--torch-threads")] = None,
+    torch_threads: Annotated[int | None, typer.Option("--torch-threads", help="intra-op threads (0: torch's default)")] = None,
+    prefill_threads: Annotated[int | None, typer.Option("--prefill-threads", help="intra-op threads for prefills "
+                               "(0: as --torch-threads)")] = None,
     chain_id: Annotated[int | None, typer.Option("--chain-id")] = None,
     verifying_contract: Annotated[str | None, typer.Option("--verifying-contract")] = None,
     manifest_hash: Annotated[str | None, typer.Option("--manifest-hash", help="refuse to start unless the manifest hashes to this")] = None,
@@ -123,9 +125,9 @@ def node_start(
         raise ConfigError(f"{', '.join(given)} only apply with --shard auto")
     cfg = NodeConfig.resolve(config_file=config, shard=choice.single if choice else None, model_dir=model_dir,
                              key_file=key, host=host, port=port, max_sessions=max_sessions, max_length=max_length,
-                             torch_threads=torch_threads, chain_id=chain_id, verifying_contract=verifying_contract,
-                             manifest_hash=manifest_hash, deployment=str(deployment) if deployment else None,
-                             stake_wei=stake_wei)
+                             torch_threads=torch_threads, prefill_threads=prefill_threads, chain_id=chain_id,
+                             verifying_contract=verifying_contract, manifest_hash=manifest_hash,
+                             deployment=str(deployment) if deployment else None, stake_wei=stake_wei)
     if choice is None or choice.single is not None:
         from veriswarm.node.serve import run_node
 

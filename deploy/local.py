@@ -55,6 +55,9 @@ class LocalSwarm:
     host: str = "127.0.0.1"
     base_port: int = 0  # 0: pick free ports
     torch_threads: int = 1  # several node processes share this machine: one intra-op thread each (0: torch default)
+    #: A prefill takes every core: a sequence's pipeline runs one shard at a time, so the node computing
+    #: it has the machine to itself (several prefilling at once share it; see _python_env). 0: as torch_threads.
+    prefill_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     extra_args: list[str] = field(default_factory=list)
     #: per-shard command replacing `python -m veriswarm.cli node start` (e.g. a misbehaving node in attack tests)
     commands: dict[int, list[str]] = field(default_factory=dict)
@@ -65,6 +68,11 @@ class LocalSwarm:
         env["VERISWARM_KEY_PASSWORD"] = DEVNET_PASSWORD
         env.setdefault("HF_HUB_OFFLINE", "1")
         env["PYTHONUNBUFFERED"] = "1"
+        # OpenMP threads that finish their part of a prefill spin-wait for the next before sleeping; with
+        # several node processes prefilling at once on shared cores, libgomp's default spin starved the
+        # others (3 processes × 2 threads on 2 cores: 190–330 ms a prefill against 50–60 ms at 1 thread
+        # each); a short spin gave 65–78 ms there, and 23 ms for a lone prefill (22 ms at the default).
+        env.setdefault("GOMP_SPINCOUNT", "1000")
         env["VERISWARM_PARENT_PID"] = str(os.getpid())  # nodes exit if this process dies
         return env
 
@@ -99,7 +107,8 @@ class LocalSwarm:
         prefix = self.commands.get(shard, [sys.executable, "-m", "veriswarm.cli", "node", "start"])
         cmd = [*prefix, "--shard", str(shard),
                "--model-dir", str(self.model_dir), "--key", str(key), "--host", self.host,
-               "--port", str(port), "--torch-threads", str(self.torch_threads), *self.extra_args]
+               "--port", str(port), "--torch-threads", str(self.torch_threads),
+               "--prefill-threads", str(self.prefill_threads), *self.extra_args]
         with log.open("ab") as fh:
             return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=self._python_env(),
                                     start_new_session=True)

@@ -59,6 +59,7 @@ from veriswarm.receipts import (
     next_context,
     now_ms,
 )
+from veriswarm.split.kvcache import KVCache
 from veriswarm.split.modeling import ShardModel
 
 from .config import NodeConfig
@@ -90,6 +91,8 @@ class NodeState:
     #: connection that owns the session (the client), whichever connection the step arrived on
     connections: dict[int, web.WebSocketResponse] = field(default_factory=dict)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    #: intra-op threads for (decode, prefill) forwards; the decode count is the process's own at start
+    threads: tuple[int, int] = (1, 1)
 
     @property
     def manifest_hash(self) -> str:
@@ -171,10 +174,23 @@ async def _compute(state: NodeState, x: torch.Tensor, in_frame: bytes, start_pos
             # A decode step, with nothing else allowed to compute: see NodeConfig.inline_decode.
             out = state.shard.forward(x.to(torch.float32), start_pos, cache)
         else:
-            out = await loop.run_in_executor(state.executor, state.shard.forward, x.to(torch.float32), start_pos, cache)
+            threads = state.threads[1] if x.shape[1] > 1 else state.threads[0]
+            out = await loop.run_in_executor(state.executor, _worker_forward, state, threads, x.to(torch.float32),
+                                             start_pos, cache)
         state.metrics.step_seconds.observe(time.perf_counter() - t0)
     state.metrics.tokens.inc(int(x.shape[1]))
     return encode_tensor(out, frame_wire(in_frame))
+
+
+def _worker_forward(state: NodeState, threads: int, x: torch.Tensor, start_pos: int, cache: KVCache | None) -> torch.Tensor:
+    """The forward in a worker thread, at ``threads`` intra-op threads. torch's count is per thread
+    (a worker does not see the main thread's), but MKL's is process-wide: it is put back to the decode
+    count after, so that an inline decode on the event loop never runs with a prefill's thread team."""
+    torch.set_num_threads(threads)
+    try:
+        return state.shard.forward(x, start_pos, cache)
+    finally:
+        torch.set_num_threads(state.threads[0])
 
 
 def _attest(state: NodeState, in_frame: bytes, out_frame: bytes, *, session_id: str, step: int, start_pos: int,
@@ -485,6 +501,7 @@ def make_app(*, config: NodeConfig, manifest: Manifest, shard: ShardModel, priva
         sessions=SessionStore(max_sessions=config.max_sessions, memory_bytes=config.cache_memory_bytes,
                               idle_timeout_s=config.session_idle_timeout_s),
         metrics=NodeMetrics.create(), semaphore=asyncio.Semaphore(config.max_concurrency),
+        threads=(torch.get_num_threads(), config.prefill_threads or torch.get_num_threads()),
     )
     # Leave room for the envelope's header around the largest frame.
     app = web.Application(client_max_size=config.max_body_bytes + 64 * 1024, middlewares=[error_middleware])

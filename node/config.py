@@ -35,6 +35,9 @@ class NodeConfig:
     #: a 2-core machine; the loop reads no other message meanwhile (prefills always go to the worker).
     inline_decode: bool = True
     torch_threads: int = 0  # 0: torch's default
+    #: Intra-op threads for multi-position forwards (prefills, in the worker thread); 0: as torch_threads.
+    #: A prefill is compute-bound and gains from every core; a decode step is not, and pays for a thread team.
+    prefill_threads: int = 0
     #: Take part in server-to-server relay (hand outputs straight to the next node when a client asks).
     relay: bool = True
     #: Verifier addresses (comma-separated) allowed to make this node prove or trace a disputed hop; empty:
@@ -60,6 +63,8 @@ class NodeConfig:
                 raise ConfigError(f"{name} must be positive")
         if self.shard < 0:
             raise ConfigError(f"shard index must be >= 0, got {self.shard}")
+        if self.torch_threads < 0 or self.prefill_threads < 0:
+            raise ConfigError("torch_threads and prefill_threads must be >= 0")
         if self.stake_wei < 0:
             raise ConfigError("stake_wei must be >= 0")
 

@@ -98,6 +98,7 @@ def main() -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--torch-threads", type=int, default=0)
+    ap.add_argument("--prefill-threads", type=int, default=0)
     ap.add_argument("--deployment", default="")
     args = ap.parse_args()
     if args.torch_threads:
@@ -112,7 +113,7 @@ def main() -> None:
     corrupt(shard, args)
     key = load_keystore(args.key, os.environ["VERISWARM_KEY_PASSWORD"])
     cfg = with_deployment(NodeConfig(model_dir=args.model_dir, shard=args.shard, key_file=args.key, host=args.host,
-                                     port=args.port, deployment=args.deployment))
+                                     port=args.port, deployment=args.deployment, prefill_threads=args.prefill_threads))
     if cfg.deployment:  # a dishonest node registers and stakes like any other
         register_on_chain(cfg, key, md.manifest.hash)
     app = make_app(config=cfg, manifest=md.manifest, shard=shard, private_key=key)

@@ -81,6 +81,16 @@ def test_config_precedence_flags_over_env_over_file(tmp_path: Path) -> None:
     assert (cfg.port, cfg.shard, cfg.max_sessions) == (9002, 3, 5)
 
 
+def test_thread_settings_come_from_env_and_flags_and_refuse_negatives() -> None:
+    from veriswarm.errors import ConfigError
+    from veriswarm.node.config import NodeConfig
+
+    cfg = NodeConfig.resolve(env={"VERISWARM_NODE_PREFILL_THREADS": "4"}, torch_threads=1)
+    assert (cfg.torch_threads, cfg.prefill_threads) == (1, 4)
+    with pytest.raises(ConfigError, match="prefill_threads"):
+        NodeConfig.resolve(env={}, prefill_threads=-1)
+
+
 def test_generate_streams_through_the_swarm(tiny_swarm: LocalSwarm, tiny_dir: Path) -> None:
     result = run("generate", "the quick fox", "--model-dir", str(tiny_dir), "--peers", ",".join(tiny_swarm.urls),
                  "--max-new-tokens", "6", "--raw")

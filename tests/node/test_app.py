@@ -172,6 +172,38 @@ async def test_session_decode_equals_full_recompute_and_receipts_chain(either_no
     await ws.close()
 
 
+@pytest.mark.parametrize("inline_decode", [True, False], ids=["inline-decode", "worker-decode"])
+async def test_prefills_and_decode_steps_run_at_their_own_thread_counts(tiny_dir: Path, inline_decode: bool) -> None:
+    """A prefill runs at prefill_threads, a decode step at the process's count, wherever each runs: a
+    worker thread does not inherit the main thread's count, so the node must set it for each call."""
+    md = ModelDir.open(tiny_dir)
+    main = torch.get_num_threads()
+    cfg = NodeConfig(model_dir=tiny_dir, shard=1, max_length=64, inline_decode=inline_decode, prefill_threads=main + 1)
+    shard = load_shard(md, 1)
+    seen: list[int] = []
+    forward = shard.forward
+
+    def recording(x: torch.Tensor, start_pos: int = 0, cache: object = None) -> torch.Tensor:
+        seen.append(torch.get_num_threads())
+        return forward(x, start_pos, cache)  # type: ignore[arg-type]
+
+    shard.forward = recording  # type: ignore[method-assign]
+    app = make_app(config=cfg, manifest=md.manifest, shard=shard, private_key=KEY)
+    async with TestClient(TestServer(app)) as node:
+        node.manifest_hash = md.manifest.hash  # type: ignore[attr-defined]
+        ws = await _ws(node)
+        sid = rid()
+        await _send(ws, _open(node, sid))
+        x = hidden(8)
+        for step, (a, b) in enumerate([(0, 6), (6, 7), (7, 8)]):
+            reply, _ = await _send(ws, StepRequest(session_id=sid, step=step, start_pos=a, request_nonce=rid()),
+                                   encode_tensor(x[:, a:b].contiguous()))
+            assert isinstance(reply, StepResult)
+        await ws.close()
+    assert seen == [main + 1, main, main]
+    assert torch.get_num_threads() == main
+
+
 async def test_bad_session_messages_get_error_replies_and_the_session_survives(node: TestClient) -> None:
     ws = await _ws(node)
     sid = rid()
