@@ -168,14 +168,16 @@ async def _compute(state: NodeState, x: torch.Tensor, in_frame: bytes, start_pos
     output frame in the wire format received (q8 decodes to fp32)."""
     loop = asyncio.get_running_loop()
     cache = session.cache if session is not None else None
+    if x.dtype != torch.float32:  # fp16/bf16 wire; fp32 (and q8, decoded to fp32) is used as it is
+        x = x.float()
     async with state.semaphore:
         t0 = time.perf_counter()
         if x.shape[1] == 1 and state.config.inline_decode and state.config.max_concurrency == 1:
             # A decode step, with nothing else allowed to compute: see NodeConfig.inline_decode.
-            out = state.shard.forward(x.to(torch.float32), start_pos, cache)
+            out = state.shard.forward(x, start_pos, cache)
         else:
             threads = state.threads[1] if x.shape[1] > 1 else state.threads[0]
-            out = await loop.run_in_executor(state.executor, _worker_forward, state, threads, x.to(torch.float32),
+            out = await loop.run_in_executor(state.executor, _worker_forward, state, threads, x,
                                              start_pos, cache)
         state.metrics.step_seconds.observe(time.perf_counter() - t0)
     state.metrics.tokens.inc(int(x.shape[1]))
@@ -367,9 +369,11 @@ async def _relay_step(st: NodeState, conn: Connection, req: RelayStep, payload: 
         relay = st.relay
         assert relay is not None  # created by the app's cleanup context before any request
 
+        # The next hop's envelope does not depend on the output: built now, not while the token waits.
+        envelope = encode_envelope(RelayStep(session_id=req.session_id, orders=req.orders, hop=hop + 1))
+
         async def onward(out_frame: bytes) -> None:
-            message = encode_envelope(RelayStep(session_id=req.session_id, orders=req.orders, hop=hop + 1), out_frame)
-            await relay.send(nxt.url, message, session_id=req.session_id, step=nxt.step, address=nxt.address)
+            await relay.send(nxt.url, envelope + out_frame, session_id=req.session_id, step=nxt.step, address=nxt.address)
 
     out_frame, receipt = await _session_step(st, session, step=order.step, start_pos=order.start_pos,
                                              nonce=order.request_nonce, payload=payload, onward=onward)

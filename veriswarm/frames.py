@@ -24,6 +24,7 @@ import hashlib
 import struct
 import sys
 
+import numpy as np
 import torch
 
 from . import quant8
@@ -46,6 +47,10 @@ DTYPE_NAMES: dict[str, torch.dtype] = {
     "q8": Q8,
 }
 
+#: how a frame's data is viewed in numpy (bfloat16 has no numpy dtype: its raw 16-bit words)
+_NUMPY: dict[torch.dtype, type[np.generic]] = {torch.float32: np.float32, torch.float16: np.float16,
+                                               torch.bfloat16: np.uint16, torch.int8: np.int8}
+
 if sys.byteorder != "little":  # pragma: no cover - every supported platform is little-endian
     raise ImportError("veriswarm frames assume a little-endian host")
 
@@ -67,17 +72,23 @@ def encode_tensor(tensor: torch.Tensor, wire: torch.dtype | None = None) -> byte
             raise ProtocolError(ErrorCode.BAD_SHAPE, f"tensor rank {tensor.dim()} is outside 1..{MAX_NDIM}")
         head = _HEAD.pack(MAGIC, FRAME_VERSION, DTYPE_CODES[Q8], tensor.dim(), 0)
         return head + struct.pack(f"<{tensor.dim()}I", *tensor.shape) + quant8.encode_body(tensor)
-    if wire is not None:
-        tensor = tensor.to(wire)
-    if tensor.dtype not in DTYPE_CODES or tensor.dtype == Q8:
-        raise ProtocolError(ErrorCode.BAD_DTYPE, f"dtype {tensor.dtype} is not supported on the wire")
-    if not 1 <= tensor.dim() <= MAX_NDIM:
-        raise ProtocolError(ErrorCode.BAD_SHAPE, f"tensor rank {tensor.dim()} is outside 1..{MAX_NDIM}")
-    t = tensor.detach().to("cpu").contiguous()
-    head = _HEAD.pack(MAGIC, FRAME_VERSION, DTYPE_CODES[t.dtype], t.dim(), 0)
-    dims = struct.pack(f"<{t.dim()}I", *t.shape)
+    # Each conversion only when needed: see decode_tensor on what a torch call costs right after a forward.
+    t = tensor if wire is None or tensor.dtype == wire else tensor.to(wire)
+    if t.dtype not in DTYPE_CODES or t.dtype == Q8:
+        raise ProtocolError(ErrorCode.BAD_DTYPE, f"dtype {t.dtype} is not supported on the wire")
+    ndim = t.dim()
+    if not 1 <= ndim <= MAX_NDIM:
+        raise ProtocolError(ErrorCode.BAD_SHAPE, f"tensor rank {ndim} is outside 1..{MAX_NDIM}")
+    if t.device.type != "cpu":
+        t = t.cpu()
+    if t.requires_grad:
+        t = t.detach()
+    if not t.is_contiguous():
+        t = t.contiguous()
+    head = _HEAD.pack(MAGIC, FRAME_VERSION, DTYPE_CODES[t.dtype], ndim, 0)
+    dims = struct.pack(f"<{ndim}I", *t.shape)
     # bfloat16 has no numpy dtype: view the storage as int16 to get at the raw bytes.
-    raw = t.view(torch.int16).numpy().tobytes() if t.dtype == torch.bfloat16 else t.numpy().tobytes()
+    raw = (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().tobytes()
     return head + dims + raw
 
 
@@ -117,8 +128,7 @@ def decode_tensor(
     numel = 1
     for d in shape:
         numel *= d
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    expected = dims_end + numel * itemsize
+    expected = dims_end + numel * dtype.itemsize
     if len(buf) != expected:
         raise ProtocolError(
             ErrorCode.BAD_FRAME,
@@ -126,15 +136,17 @@ def decode_tensor(
         )
     if numel == 0:
         return torch.empty(shape, dtype=dtype)
-    payload = bytearray(buf[dims_end:])  # own the bytes: the tensor must outlive the request buffer
+    # Validated and viewed in numpy, one torch call at the end: on a node this runs right after a forward
+    # has evicted the caches, where each torch dispatch costs tens of microseconds.
+    values = np.frombuffer(bytearray(buf[dims_end:]), dtype=_NUMPY[dtype]).reshape(shape)  # own the bytes
     if dtype == torch.bfloat16:
-        out = torch.frombuffer(payload, dtype=torch.int16).view(torch.bfloat16)
+        finite = not bool(((values & 0x7F80) == 0x7F80).any())  # exponent all ones: NaN or infinite
     else:
-        out = torch.frombuffer(payload, dtype=dtype)
-    out = out.reshape(shape)
-    if dtype.is_floating_point and not bool(torch.isfinite(out).all()):
+        finite = dtype == torch.int8 or bool(np.isfinite(values).all())
+    if not finite:
         raise ProtocolError(ErrorCode.BAD_FRAME, "frame contains NaN or infinite values")
-    return out
+    out = torch.from_numpy(values)
+    return out.view(torch.bfloat16) if dtype == torch.bfloat16 else out
 
 
 def frame_wire(data: bytes | bytearray | memoryview) -> torch.dtype:

@@ -51,9 +51,14 @@ def test_huge_declared_shape_does_not_allocate() -> None:
     assert _code(frame) == ErrorCode.BAD_FRAME
 
 
-def test_non_finite_values_are_refused() -> None:
-    assert _code(encode_tensor(torch.tensor([1.0, float("nan")]))) == ErrorCode.BAD_FRAME
-    assert _code(encode_tensor(torch.tensor([float("inf")]))) == ErrorCode.BAD_FRAME
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_non_finite_values_are_refused(dtype: torch.dtype) -> None:
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        assert _code(encode_tensor(torch.tensor([[1.0, bad, 2.0]], dtype=dtype))) == ErrorCode.BAD_FRAME
+    # the largest and smallest finite values, and subnormals, are data
+    info = torch.finfo(dtype)
+    edge = torch.tensor([info.max, -info.max, info.tiny, info.tiny / 4, -0.0], dtype=dtype)
+    assert torch.equal(decode_tensor(encode_tensor(edge), max_bytes=1 << 10), edge)
 
 
 def test_unsupported_dtype_cannot_be_encoded() -> None:
