@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from veriswarm import __version__
 from veriswarm.errors import HTTP_STATUS, ErrorCode, ProtocolError, ReceiptError
-from veriswarm.frames import DTYPE_NAMES, Q8, decode_tensor, encode_tensor, frame_wire, sha256
+from veriswarm.frames import DTYPE_NAMES, Q8, decode_tensor, encode_tensor, frame_dims, frame_wire, sha256
 from veriswarm.manifest import Manifest, ShardSpec
 from veriswarm.protocol import (
     PROTOCOL_VERSION,
@@ -70,6 +70,10 @@ from .sessions import Session, SessionStore
 log = logging.getLogger("veriswarm.node")
 WIRE_DTYPES = frozenset({torch.float32, torch.float16, torch.bfloat16, Q8})
 _VERSIONED = {"/v1/forward", "/v1/ws"}
+#: a push this small to a connection with nothing unsent is written at once (see _push)
+DIRECT_PUSH_BYTES = 16 * 1024
+#: bytes of pushes a connection may leave unread before it is dropped (its client has stopped reading)
+MAX_UNREAD_PUSH_BYTES = 16 * 1024 * 1024
 #: hands a relayed hop's output to the next node
 Onward = Callable[[bytes], Awaitable[None]]
 
@@ -89,7 +93,7 @@ class NodeState:
     relay: RelayLinks | None = None
     #: open WebSocket connections by owner id: a relayed step's result or failure is pushed to the
     #: connection that owns the session (the client), whichever connection the step arrived on
-    connections: dict[int, web.WebSocketResponse] = field(default_factory=dict)
+    connections: dict[int, Connection] = field(default_factory=dict)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     #: intra-op threads for (decode, prefill) forwards; the decode count is the process's own at start
     threads: tuple[int, int] = (1, 1)
@@ -113,6 +117,9 @@ class Connection:
     the sessions whose client named that key as upstream."""
 
     ws: web.WebSocketResponse
+    transport: asyncio.Transport | None = None
+    #: pushes handed to tasks and not yet written (see _push): later pushes queue behind them
+    queued_pushes: int = 0
     challenge: str | None = None
     peer: str | None = None  # lower-case address, once proven
 
@@ -361,7 +368,7 @@ async def _relay_step(st: NodeState, conn: Connection, req: RelayStep, payload: 
         raise ProtocolError(ErrorCode.RELAY_FAILED, f"relayed step refused at shard {st.spec.index}: it came over "
                                                     f"{who}, but the client named {session.upstream} as upstream")
     owner = st.connections.get(session.owner)
-    if owner is None or owner.closed:
+    if owner is None or owner.ws.closed:
         raise ProtocolError(ErrorCode.RELAY_FAILED, "the client's connection is gone")
     onward: Onward | None = None
     if hop + 1 < len(req.orders):
@@ -377,23 +384,22 @@ async def _relay_step(st: NodeState, conn: Connection, req: RelayStep, payload: 
 
     out_frame, receipt = await _session_step(st, session, step=order.step, start_pos=order.start_pos,
                                              nonce=order.request_nonce, payload=payload, onward=onward)
-    await owner.send_bytes(encode_envelope(RelayResult(session_id=req.session_id, hop=hop, receipt=receipt.to_json()),
+    await _push(st, owner, encode_envelope(RelayResult(session_id=req.session_id, hop=hop, receipt=receipt.to_json()),
                                            out_frame))
 
 
 async def _relay_task(st: NodeState, conn: Connection, req: RelayStep, payload: memoryview, t0: float) -> None:
-    sender = conn.ws
     try:
         await _relay_step(st, conn, req, payload)
         st.metrics.hop_seconds.observe(time.perf_counter() - t0)
     except ProtocolError as exc:
-        await _push_error(st, req, exc, sender)
+        await _push_error(st, req, exc, conn)
     except Exception:
         log.exception("internal error on a relayed step")
-        await _push_error(st, req, ProtocolError(ErrorCode.INTERNAL, "internal error (see the node's log)"), sender)
+        await _push_error(st, req, ProtocolError(ErrorCode.INTERNAL, "internal error (see the node's log)"), conn)
 
 
-async def _push_error(st: NodeState, req: RelayStep, exc: ProtocolError, sender: web.WebSocketResponse) -> None:
+async def _push_error(st: NodeState, req: RelayStep, exc: ProtocolError, sender: Connection) -> None:
     """Tell the client that owns the session why its relayed step stopped here; with no session here,
     tell the node that sent it (it tells its own client: see RelayLinks.on_refused)."""
     st.metrics.errors.labels(exc.code.value).inc()
@@ -403,22 +409,60 @@ async def _push_error(st: NodeState, req: RelayStep, exc: ProtocolError, sender:
     try:
         owner = st.sessions.relayed(req.session_id).owner
     except ProtocolError:
-        if not sender.closed:
-            await sender.send_bytes(message)
+        await _push(st, sender, message)
         return
-    ws = st.connections.get(owner)
-    if ws is not None and not ws.closed:
-        await ws.send_bytes(message)
+    conn = st.connections.get(owner)
+    if conn is not None:
+        await _push(st, conn, message)
+
+
+async def _push(st: NodeState, conn: Connection, message: bytes) -> None:
+    """Push a message to a connection without ever waiting on its reader: a relayed step may be handled
+    in the read loop of the link it came over (see _inline_relay), and a client that stops reading
+    must not stall that link for every other session on it. While the connection holds unsent data
+    (or earlier pushes wait in tasks), the push goes to a task, in order; otherwise aiohttp writes it
+    to the socket at once (it waits only once the transport is paused, which a small write to an
+    empty buffer never makes it). A connection that leaves MAX_UNREAD_PUSH_BYTES unread is dropped."""
+    if conn.ws.closed or (conn.transport is not None and conn.transport.is_closing()):
+        return
+    unsent = conn.transport.get_write_buffer_size() if conn.transport is not None else 0
+    if unsent > MAX_UNREAD_PUSH_BYTES and conn.transport is not None:
+        # Dropped, not closed politely: a close handshake would wait on the very reader that stopped.
+        log.warning("dropping a connection that has left %d bytes of pushes unread", unsent)
+        conn.transport.abort()
+        return
+    if conn.queued_pushes or unsent or len(message) > DIRECT_PUSH_BYTES:
+        conn.queued_pushes += 1
+        task = asyncio.create_task(_queued_push(conn, message))
+        st.tasks.add(task)
+        task.add_done_callback(st.tasks.discard)
+        return
+    await _send_or_drop(conn, message)
+
+
+async def _queued_push(conn: Connection, message: bytes) -> None:
+    try:
+        await _send_or_drop(conn, message)
+    finally:
+        conn.queued_pushes -= 1
+
+
+async def _send_or_drop(conn: Connection, message: bytes) -> None:
+    try:
+        if not conn.ws.closed:
+            await conn.ws.send_bytes(message)
+    except (ConnectionError, RuntimeError) as exc:  # the client went away: there is no one to tell
+        log.info("push to a closed connection dropped: %s", exc)
 
 
 async def _refused_downstream(st: NodeState, session_id: str, step: int | None, reason: str) -> None:
     session = st.sessions.peek(session_id)
     if session is None:
         return
-    ws = st.connections.get(session.owner)
-    if ws is not None and not ws.closed:
+    conn = st.connections.get(session.owner)
+    if conn is not None:
         err = ProtocolError(ErrorCode.RELAY_FAILED, reason)
-        await ws.send_bytes(encode_envelope(error_reply(err, session_id=session_id, step=step)))
+        await _push(st, conn, encode_envelope(error_reply(err, session_id=session_id, step=step)))
 
 
 def _link_message(st: NodeState, conn: Connection, req: LinkHello | LinkProof) -> bytes:
@@ -438,6 +482,14 @@ def _link_message(st: NodeState, conn: Connection, req: LinkHello | LinkProof) -
     return encode_envelope(LinkAccepted(address=signer))
 
 
+def _inline_relay(st: NodeState, payload: memoryview) -> bool:
+    """Whether a relayed step is a decode step that NodeConfig.inline_decode runs on the event loop."""
+    if not (st.config.inline_decode and st.config.max_concurrency == 1):
+        return False
+    dims = frame_dims(payload)
+    return dims is not None and len(dims) == 3 and dims[1] == 1
+
+
 def _ws_error(st: NodeState, exc: ProtocolError, data: bytes | None) -> bytes:
     st.metrics.errors.labels(exc.code.value).inc()
     session_id = step = None
@@ -455,9 +507,9 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     st = request.app[STATE]
     ws = web.WebSocketResponse(max_msg_size=st.config.max_body_bytes, heartbeat=30.0)
     await ws.prepare(request)
-    conn = Connection(ws)
+    conn = Connection(ws, request.transport)
     owner = conn.owner
-    st.connections[owner] = ws
+    st.connections[owner] = conn
     try:
         async for msg in ws:
             if msg.type == WSMsgType.BINARY:
@@ -470,6 +522,11 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
                 if isinstance(req, RelayStep):
                     # No reply on this connection: the result goes on to the next node, and every
                     # node pushes its receipt to the client (or an error, when the step stops there).
+                    if _inline_relay(st, payload):
+                        # A decode step that will run on the event loop anyway: no task, no extra loop turn
+                        # before its forward (a push to a client that stops reading never waits: _push).
+                        await _relay_task(st, conn, req, payload, t0)
+                        continue
                     task = asyncio.create_task(_relay_task(st, conn, req, payload, t0))
                     st.tasks.add(task)
                     task.add_done_callback(st.tasks.discard)
@@ -563,5 +620,5 @@ async def _reaper_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _close_websockets(app: web.Application) -> None:
-    for ws in list(app[STATE].connections.values()):
-        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"node shutting down")
+    for conn in list(app[STATE].connections.values()):
+        await conn.ws.close(code=WSCloseCode.GOING_AWAY, message=b"node shutting down")

@@ -149,6 +149,17 @@ def decode_tensor(
     return out.view(torch.bfloat16) if dtype == torch.bfloat16 else out
 
 
+def frame_dims(data: bytes | bytearray | memoryview) -> tuple[int, ...] | None:
+    """The shape a frame's header declares, read from the header alone (None if it has none); a
+    scheduling hint only: decode_tensor is what validates a frame."""
+    if len(data) < _HEAD.size:
+        return None
+    ndim = data[6]
+    if not 1 <= ndim <= MAX_NDIM or len(data) < _HEAD.size + 4 * ndim:
+        return None
+    return struct.unpack_from(f"<{ndim}I", data, _HEAD.size)
+
+
 def frame_wire(data: bytes | bytearray | memoryview) -> torch.dtype:
     """The wire dtype a frame declares (``Q8`` for a q8 frame): what a node answers in. Only the header is
     read; call it on a frame that decode_tensor has accepted."""
