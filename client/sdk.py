@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import time
@@ -163,13 +164,18 @@ class AsyncClient:
         gen.failovers = chain.failovers
         eos = set() if ignore_eos else self._eos_ids()
         t0 = time.perf_counter()
+        #: the next step, sent before the current token's text is worked out and handed over
+        ahead: asyncio.Task[torch.Tensor] | None = None
         try:
             await chain.open(max_length)
             hidden = self.head.embed_tokens(torch.tensor([list(prompt_ids)]))
             text = ""  # text already yielded
             stopped = False
             for i in range(max_new_tokens):
-                out = await chain.step(hidden)
+                if ahead is not None:
+                    out, ahead = await ahead, None
+                else:
+                    out = await chain.step(hidden)
                 gen.route = chain.route
                 logits = self.head.logits(out[:, -1:])[0, -1]
                 if return_logits:
@@ -181,6 +187,12 @@ class AsyncClient:
                     gen.finish_reason = "stop"
                     break
                 gen.token_ids.append(token)
+                if i + 1 < max_new_tokens:
+                    # The nodes compute the next step while this token is decoded to text and handed to the
+                    # caller. A stop string found below cancels it (its token is never made; a step that
+                    # finished first was still checked, and its receipts go to the sink as work done).
+                    ahead = asyncio.create_task(chain.step(self.head.embed_tokens(torch.tensor([[token]]))))
+                    await asyncio.sleep(0)  # let it send
                 full = self._decode(gen.token_ids)
                 hit = _first_stop(full, stop)
                 if hit is not None:
@@ -194,8 +206,6 @@ class AsyncClient:
                 delta = safe[len(text):] if len(safe) > len(text) and safe.startswith(text) else ""
                 text += delta
                 yield TokenEvent(token, delta, logits if return_logits else None)
-                if i + 1 < max_new_tokens:
-                    hidden = self.head.embed_tokens(torch.tensor([[token]]))
             if not stopped:
                 full = self._decode(gen.token_ids)
                 if len(full) > len(text) and full.startswith(text):
@@ -203,6 +213,10 @@ class AsyncClient:
                 text = full
             gen.text = text
         finally:
+            if ahead is not None:  # stopped early (a stop string, an error, the caller closing the stream)
+                ahead.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await ahead
             gen.total_s = time.perf_counter() - t0
             gen.route = chain.route
             gen.relayed_steps = chain.relay_steps

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import gc
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from veriswarm.client import Client
+from veriswarm.client import AsyncClient, Client
+from veriswarm.client.sdk import Generation
 from veriswarm.deploy.local import LocalSwarm
 from veriswarm.receipts import ReceiptDomain
 from veriswarm.sinks import MemorySink
@@ -94,3 +99,40 @@ def test_smollm2_four_processes_exact(smollm2: tuple[Any, Any, Path], tmp_path: 
             ref_ids = _reference(model, ids, 24)[2]
             ref_ids = ref_ids[:ref_ids.index(tok.eos_token_id)] if tok.eos_token_id in ref_ids else ref_ids
             assert text == tok.decode(ref_ids, skip_special_tokens=True) and "Paris" in text
+
+
+async def test_a_stream_closed_early_leaves_no_step_running_and_no_session_open(tiny_swarm: LocalSwarm,
+                                                                              tiny_dir: Path) -> None:
+    """The next step is sent before a token is handed over; a caller that stops reading, or a stop
+    string, must cancel it and close every node's session."""
+    def open_sessions() -> list[float]:
+        counts = []
+        for url in tiny_swarm.urls:
+            text = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
+            counts.append(next(float(line.split()[-1]) for line in text.splitlines()
+                               if line.startswith("veriswarm_node_sessions ")))
+        return counts
+
+    errors: list[dict[str, Any]] = []  # what asyncio reports, e.g. a step task that failed unobserved
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, context: errors.append(context))
+    async with AsyncClient(tiny_dir, tiny_swarm.urls) as client:
+        before = set(asyncio.all_tasks())
+        full = await client.generate_ids([3, 4, 5], max_new_tokens=8, ignore_eos=True)
+        got = []
+        gen = Generation("", [], 3, "length", [])
+        async with contextlib.aclosing(client.stream_ids([3, 4, 5], max_new_tokens=8, ignore_eos=True,
+                                                         into=gen)) as stream:
+            async for event in stream:
+                got.append(event.token_id)
+                if len(got) == 2:
+                    break  # the third step is already on its way to the nodes
+        assert got == full.token_ids[:2]
+        # Cancelled before any of its answers could be read (no loop turn between its send and the close):
+        # only the two steps whose tokens were handed out were checked and recorded.
+        assert sorted({r.receipt.step for r in gen.records}) == [0, 1]
+        assert len(gen.records) == 2 * len(tiny_swarm.urls)
+        assert set(asyncio.all_tasks()) - before == set(), "a step outlived its stream"
+        gc.collect()  # a task that failed and was dropped is reported when it is collected
+        await asyncio.sleep(0)
+        assert errors == []
+    assert open_sessions() == [0.0] * len(tiny_swarm.urls)
