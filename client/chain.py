@@ -38,6 +38,15 @@ class Failover:
     recovery_s: float
 
 
+class _Orders(NamedTuple):
+    """A relayed step's orders and its message to hop 0 (without the input frame), with what they assume."""
+
+    key: tuple[object, ...]  # start position, each hop's step, each hop's node URL
+    nonces: list[str]
+    orders: list[HopOrder]
+    envelope: bytes
+
+
 class _Checked(NamedTuple):
     """One relayed hop that passed the client's check (nothing committed yet)."""
 
@@ -92,6 +101,8 @@ class ChainSession:
         self._abandoned: deque[str] = deque(maxlen=64 * max(1, len(plan)))
         #: once the last hop's result is in, how long the other hops' receipts may still take
         self.relay_grace_s = relay_grace_s
+        #: the next relayed step's orders, built while this one computes (see _relayed_step)
+        self._ready: _Orders | None = None
 
     @property
     def route(self) -> list[str]:
@@ -223,14 +234,29 @@ class ChainSession:
         self.relay = False
         self.relay_fallbacks.append(reason)
 
+    def _orders_key(self, start: int, steps: list[int]) -> tuple[object, ...]:
+        return start, tuple(steps), tuple(h.link.peer.url if h.link is not None else "" for h in self.hops)
+
+    def _relay_orders(self, start: int, steps: list[int], nonces: list[str]) -> _Orders:
+        orders = []
+        for hop, step, nonce in zip(self.hops, steps, nonces, strict=True):
+            assert hop.link is not None
+            orders.append(HopOrder(shard_index=hop.shard_index, url=hop.link.peer.url, address=hop.link.peer.address,
+                                   step=step, start_pos=start, request_nonce=nonce))
+        return _Orders(self._orders_key(start, steps), nonces, orders,
+                       encode_envelope(RelayStep(session_id=self.session_id, orders=orders, hop=0)))
+
     async def step(self, hidden: torch.Tensor) -> torch.Tensor:
         """Run [1, T, H] hidden states for the next T positions through every shard."""
         start, shape = self.position, tuple(hidden.shape)
         frame = encode_tensor(hidden, self.wire_dtype)
-        nonces = [hex32(os.urandom(32)) for _ in self.hops]
+        ready, self._ready = self._ready, None
+        if ready is not None and ready.key != self._orders_key(start, [h.step for h in self.hops]):
+            ready = None  # the chain changed since (a failover, a longer step): ordered afresh
+        nonces = ready.nonces if ready is not None else [hex32(os.urandom(32)) for _ in self.hops]
         out: torch.Tensor | None = None
         if self.relay_capable and len(frame) <= self.relay_max_frame_bytes:
-            out = await self._relayed_step(frame, start, shape, nonces)
+            out = await self._relayed_step(frame, start, shape, nonces, ready)
         if out is None:
             # Client-mediated, with the same nonces: a node that already did this step in a relay that
             # broke further on answers the same request with the same signed result.
@@ -249,20 +275,23 @@ class ChainSession:
         self.position = start + shape[1]
         return out
 
-    async def _relayed_step(self, frame: bytes, start: int, shape: tuple[int, ...], nonces: list[str]) -> torch.Tensor | None:
+    async def _relayed_step(self, frame: bytes, start: int, shape: tuple[int, ...], nonces: list[str],
+                            ready: _Orders | None = None) -> torch.Tensor | None:
         """One step node to node: send it to the first hop; every hop pushes its receipt and output frame
         here, checked as they come (while later hops compute). Returns None (after saying why) when the
-        relay broke: the caller then asks each node itself."""
-        orders = []
-        for hop, nonce in zip(self.hops, nonces, strict=True):
-            assert hop.link is not None
-            orders.append(HopOrder(shard_index=hop.shard_index, url=hop.link.peer.url, address=hop.link.peer.address,
-                                   step=hop.step, start_pos=start, request_nonce=nonce))
+        relay broke: the caller then asks each node itself. ``ready``: this step's orders, built while
+        the previous step computed."""
+        relay = ready if ready is not None else self._relay_orders(start, [h.step for h in self.hops], nonces)
+        orders = relay.orders
         first = self.hops[0].link
         assert first is not None
         t0 = time.perf_counter()
         try:
-            await first.send(encode_envelope(RelayStep(session_id=self.session_id, orders=orders, hop=0), frame))
+            await first.send(relay.envelope + frame)
+            # While the nodes compute: the next step's orders, for a step that follows this one on the same
+            # nodes (used only if that is what comes next; see step).
+            self._ready = self._relay_orders(start + shape[1], [h.step + 1 for h in self.hops],
+                                             [hex32(os.urandom(32)) for _ in self.hops])
             checked, arrived = await self._await_relay(orders, frame, start, shape)
         except ReceiptError as exc:
             self._abandoned.extend(nonces)
