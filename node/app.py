@@ -11,10 +11,11 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import torch
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -179,8 +180,7 @@ async def _compute(state: NodeState, x: torch.Tensor, in_frame: bytes, start_pos
         x = x.float()
     async with state.semaphore:
         t0 = time.perf_counter()
-        if x.shape[1] == 1 and state.config.inline_decode and state.config.max_concurrency == 1:
-            # A decode step, with nothing else allowed to compute: see NodeConfig.inline_decode.
+        if _decodes_inline(state, int(x.shape[1])):
             out = state.shard.forward(x, start_pos, cache)
         else:
             threads = state.threads[1] if x.shape[1] > 1 else state.threads[0]
@@ -433,11 +433,16 @@ async def _push(st: NodeState, conn: Connection, message: bytes) -> None:
         return
     if conn.queued_pushes or unsent or len(message) > DIRECT_PUSH_BYTES:
         conn.queued_pushes += 1
-        task = asyncio.create_task(_queued_push(conn, message))
-        st.tasks.add(task)
-        task.add_done_callback(st.tasks.discard)
+        _spawn(st, _queued_push(conn, message))
         return
     await _send_or_drop(conn, message)
+
+
+def _spawn(st: NodeState, work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work`` as a task the node keeps hold of (st.tasks: cancelled at shutdown)."""
+    task = asyncio.create_task(work)
+    st.tasks.add(task)
+    task.add_done_callback(st.tasks.discard)
 
 
 async def _queued_push(conn: Connection, message: bytes) -> None:
@@ -482,12 +487,17 @@ def _link_message(st: NodeState, conn: Connection, req: LinkHello | LinkProof) -
     return encode_envelope(LinkAccepted(address=signer))
 
 
+def _decodes_inline(st: NodeState, positions: int) -> bool:
+    """Whether a step runs on the event loop: a decode step, with nothing else allowed to compute (see
+    NodeConfig.inline_decode)."""
+    return positions == 1 and st.config.inline_decode and st.config.max_concurrency == 1
+
+
 def _inline_relay(st: NodeState, payload: memoryview) -> bool:
-    """Whether a relayed step is a decode step that NodeConfig.inline_decode runs on the event loop."""
-    if not (st.config.inline_decode and st.config.max_concurrency == 1):
-        return False
+    """Whether a relayed step will run on the event loop, judged from its frame's header (decode_tensor
+    validates the frame when the step runs)."""
     dims = frame_dims(payload)
-    return dims is not None and len(dims) == 3 and dims[1] == 1
+    return dims is not None and len(dims) == 3 and _decodes_inline(st, dims[1])
 
 
 def _ws_error(st: NodeState, exc: ProtocolError, data: bytes | None) -> bytes:
@@ -527,9 +537,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
                         # before its forward (a push to a client that stops reading never waits: _push).
                         await _relay_task(st, conn, req, payload, t0)
                         continue
-                    task = asyncio.create_task(_relay_task(st, conn, req, payload, t0))
-                    st.tasks.add(task)
-                    task.add_done_callback(st.tasks.discard)
+                    _spawn(st, _relay_task(st, conn, req, payload, t0))
                     continue
                 try:
                     if isinstance(req, LinkHello | LinkProof):
