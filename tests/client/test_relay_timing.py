@@ -4,7 +4,6 @@ evenly. Real node processes; the slow node is an honest one behind a proxy that 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,17 +17,9 @@ from ..adversaries.faulty_peer import SLOW_S, make_faulty_app
 PROMPT = [51, 52, 53, 54]
 
 
-@pytest.fixture(scope="module")
-def swarm(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSwarm]:
-    s = LocalSwarm(model_dir=tiny_dir, workdir=tmp_path_factory.mktemp("timing"), torch_threads=1)
-    s.start()
-    yield s
-    s.stop()
-
-
 @pytest.mark.parametrize("slow_shard", [0, 1])
-async def test_relayed_hops_are_timed_each(swarm: LocalSwarm, tiny_dir: Path, slow_shard: int) -> None:
-    urls = [next(n.url for n in swarm.nodes if n.shard == i) for i in (0, 1)]
+async def test_relayed_hops_are_timed_each(tiny_swarm: LocalSwarm, tiny_dir: Path, slow_shard: int) -> None:
+    urls = [next(n.url for n in tiny_swarm.nodes if n.shard == i) for i in (0, 1)]
     async with TestServer(make_faulty_app(urls[slow_shard], "slow")) as proxy:
         slow = str(proxy.make_url("")).rstrip("/")
         route = [slow if i == slow_shard else u for i, u in enumerate(urls)]
