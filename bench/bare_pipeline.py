@@ -10,6 +10,7 @@ from the cost of veriswarm's protocol: split ÷ bare pipeline is what the protoc
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -20,8 +21,8 @@ from veriswarm.manifest import ModelDir
 from veriswarm.split.artifacts import load_head, load_shard
 
 
-def _shard_worker(model_dir: str, index: int, threads: int, inbox: Connection, outbox: Connection) -> None:
-    torch.set_num_threads(threads)
+def _shard_worker(model_dir: str, index: int, threads: int, prefill_threads: int, inbox: Connection,
+                  outbox: Connection) -> None:
     shard = load_shard(ModelDir.open(Path(model_dir)), index)
     hidden = shard.cfg.hidden_size
     cache = None
@@ -32,6 +33,7 @@ def _shard_worker(model_dir: str, index: int, threads: int, inbox: Connection, o
             return
         pos = int.from_bytes(message[:4], "little")
         x = torch.frombuffer(bytearray(message[4:]), dtype=torch.float32).view(1, -1, hidden)
+        torch.set_num_threads(prefill_threads if x.shape[1] > 1 else threads)  # as a node does
         if pos == 0:
             cache = shard.new_cache(shard.cfg.max_position_embeddings)
         out = shard(x, pos, cache)
@@ -42,9 +44,11 @@ class BarePipeline:
     """N shard processes in a row, connected by pipes; ``generate`` runs greedy decoding through them (the
     first call waits for the workers to load their shards: warm it up before timing)."""
 
-    def __init__(self, model_dir: Path, *, threads: int = 1) -> None:
+    def __init__(self, model_dir: Path, *, threads: int = 1, prefill_threads: int = 0) -> None:
         self.model_dir = model_dir
         self.threads = threads
+        #: as a node's setting of the same name (0: as threads): compare with nodes that prefill alike
+        self.prefill_threads = prefill_threads or threads
         md = ModelDir.open(model_dir)
         self.head = load_head(md)
         self.num_shards = len(md.manifest.shards)
@@ -53,11 +57,13 @@ class BarePipeline:
         self._last: Connection | None = None
 
     def __enter__(self) -> BarePipeline:
+        # The same short OpenMP spin as LocalSwarm gives its nodes (read by each worker's OpenMP at start).
+        os.environ.setdefault("GOMP_SPINCOUNT", "1000")
         ctx = mp.get_context("spawn")
         pipes = [ctx.Pipe(duplex=False) for _ in range(self.num_shards + 1)]  # (reader, writer) pairs
         for i in range(self.num_shards):
-            proc = ctx.Process(target=_shard_worker, args=(str(self.model_dir), i, self.threads, pipes[i][0],
-                                                           pipes[i + 1][1]), daemon=True)
+            args = (str(self.model_dir), i, self.threads, self.prefill_threads, pipes[i][0], pipes[i + 1][1])
+            proc = ctx.Process(target=_shard_worker, args=args, daemon=True)
             proc.start()
             self._procs.append(proc)
         self._first, self._last = pipes[0][1], pipes[-1][0]

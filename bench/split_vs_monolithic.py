@@ -72,7 +72,8 @@ def main() -> None:
                         state_dict=model.state_dict(), tokenizer=tok, num_shards=args.shards, source=source.describe())
         with LocalSwarm(model_dir=model_dir, workdir=Path(tmp) / "swarm", torch_threads=args.node_threads) as swarm, \
                 Client(model_dir, swarm.urls) as client, Client(model_dir, swarm.urls, relay=False) as direct, \
-                BarePipeline(model_dir, threads=args.node_threads or torch.get_num_threads()) as bare:
+                BarePipeline(model_dir, threads=args.node_threads or torch.get_num_threads(),
+                             prefill_threads=swarm.prefill_threads) as bare:
             ids = client._async.encode_chat(PROMPT)
             # Warm every path (allocations, first-call overheads, relay links) before measuring.
             client.generate_ids(ids, max_new_tokens=4, ignore_eos=True)
