@@ -109,6 +109,9 @@ async def _stalled_client(tiny_dir: Path, count: int) -> tuple[list[int], int, b
         while len(got) < count and (frame := await client.frame()) is not None and frame[0] == 0x2:
             got.append(int.from_bytes(frame[1][:2], "little"))
         client.sock.close()
+        # Whatever became of that client, the node serves the next one.
+        again = await RawClient.connect(server.port)
+        again.sock.close()
         return got, peak, closed
 
 
