@@ -9,11 +9,12 @@ wherever the weights carry them. The split is checked against ``transformers`` i
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as _module_hooks
 
 from veriswarm.manifest import ModelConfig
 
@@ -29,6 +30,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
+        if dtype == torch.float32:  # the usual case: the same arithmetic, two dispatches fewer per norm
+            return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
         h = x.to(torch.float32)
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(dtype)
@@ -119,6 +122,63 @@ def build_linear(sd: Mapping[str, torch.Tensor], prefix: str) -> nn.Module:
     raise KeyError(f"no weights for {prefix} (expected {prefix}.weight or {prefix}.u/{prefix}.v)")
 
 
+class StackedRows:
+    """Dense linears that read the same input (q/k/v, gate/up), run as one matmul over their stacked rows.
+
+    Each linear's weight (and bias) becomes a view into the stacked tensor, so the weights are stored once
+    and the modules stay what every other user of this code (zk slices, hooks, adversaries) addresses.
+    One matmul instead of several saves the per-call overhead that dominates a one-token decode on CPU;
+    each output row is the same dot product either way (bitwise equal with MKL on this project's machines,
+    and the exactness tests compare against ``transformers`` regardless).
+
+    ``usable()`` is checked on every call: a linear with hooks (calibration, zk slices, traces) must be
+    called itself, and one whose weight was replaced (not updated in place) no longer matches the stack.
+    """
+
+    def __init__(self, linears: Sequence[nn.Linear], weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        self.linears = tuple(linears)
+        self.weight, self.bias = weight, bias
+        self.sizes = [int(lin.weight.shape[0]) for lin in linears]
+        self._ptrs = [(lin.weight.data_ptr(), None if lin.bias is None else lin.bias.data_ptr()) for lin in linears]
+
+    @classmethod
+    def build(cls, linears: Sequence[nn.Module]) -> StackedRows | None:
+        """Stack these linears' rows, or None when they are not all plain dense linears alike (low-rank
+        or fp16 modules, mixed dtypes or devices, biases on some only)."""
+        if not all(type(lin) is nn.Linear for lin in linears):
+            return None
+        dense = [lin for lin in linears if isinstance(lin, nn.Linear)]
+        weights = [lin.weight for lin in dense]
+        biases = [lin.bias for lin in dense]
+        if len({(w.dtype, w.device, w.shape[1]) for w in weights}) != 1:
+            return None
+        if any(b is None for b in biases) and not all(b is None for b in biases):
+            return None
+        weight = torch.cat([w.detach() for w in weights])
+        bias = None if biases[0] is None else torch.cat([b.detach() for b in biases if b is not None])
+        start = 0
+        for lin in dense:
+            end = start + int(lin.weight.shape[0])
+            lin.weight = nn.Parameter(weight[start:end], requires_grad=False)
+            if bias is not None:
+                lin.bias = nn.Parameter(bias[start:end], requires_grad=False)
+            start = end
+        return cls(dense, weight, bias)
+
+    def usable(self) -> bool:
+        if _module_hooks._global_forward_hooks or _module_hooks._global_forward_pre_hooks:
+            return False
+        for lin, (w, b) in zip(self.linears, self._ptrs, strict=True):
+            if lin._forward_hooks or lin._forward_pre_hooks or lin.weight.data_ptr() != w:
+                return False
+            if (None if lin.bias is None else lin.bias.data_ptr()) != b:
+                return False
+        return True
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, sd: Mapping[str, torch.Tensor], prefix: str) -> None:
         super().__init__()
@@ -127,6 +187,7 @@ class Attention(nn.Module):
         self.k_proj = build_linear(sd, f"{prefix}.k_proj")
         self.v_proj = build_linear(sd, f"{prefix}.v_proj")
         self.o_proj = build_linear(sd, f"{prefix}.o_proj")
+        self.qkv = StackedRows.build([self.q_proj, self.k_proj, self.v_proj])
 
     def forward(
         self,
@@ -139,10 +200,20 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         cfg = self.cfg
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, cfg.num_attention_heads, cfg.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, cfg.num_key_value_heads, cfg.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, cfg.num_key_value_heads, cfg.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+        if self.qkv is not None and self.qkv.usable():
+            # One matmul for q, k and v, and the rotary embedding applied to q and k together
+            # (elementwise, so the same values as one at a time).
+            y = self.qkv(x)
+            qk = y[..., : cfg.q_size + cfg.kv_size].view(b, t, heads + kv_heads, cfg.head_dim).transpose(1, 2)
+            qk = apply_rope(qk, cos, sin)
+            q, k = qk[:, :heads], qk[:, heads:]
+            v = y[..., cfg.q_size + cfg.kv_size:].view(b, t, kv_heads, cfg.head_dim).transpose(1, 2)
+        else:
+            q = self.q_proj(x).view(b, t, heads, cfg.head_dim).transpose(1, 2)
+            k = self.k_proj(x).view(b, t, kv_heads, cfg.head_dim).transpose(1, 2)
+            v = self.v_proj(x).view(b, t, kv_heads, cfg.head_dim).transpose(1, 2)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.write(layer, start_pos, k, v)
         mask = _attention_mask(start_pos, t, k.shape[2], cfg.sliding_window, x.device)
@@ -174,8 +245,12 @@ class MLP(nn.Module):
         self.gate_proj = build_linear(sd, f"{prefix}.gate_proj")
         self.up_proj = build_linear(sd, f"{prefix}.up_proj")
         self.down_proj = build_linear(sd, f"{prefix}.down_proj")
+        self.gate_up = StackedRows.build([self.gate_proj, self.up_proj])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate_up is not None and self.gate_up.usable():
+            gate, up = self.gate_up(x).split(self.gate_up.sizes, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 

@@ -102,3 +102,86 @@ def test_unsupported_architectures_are_refused(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="not a supported"):
         config_from_hf(GPT2Config())
+
+
+def _hook_everything(shard: ShardModel, seen: list[str]) -> list[torch.utils.hooks.RemovableHandle]:
+    """A forward hook on every projection: the stacked path must step aside so each linear runs itself."""
+    handles = []
+    for layer in shard.layers:
+        for name in ("q_proj", "k_proj", "v_proj"):
+            handles.append(getattr(layer.self_attn, name).register_forward_hook(lambda *_a, n=name: seen.append(n)))
+        for name in ("gate_proj", "up_proj"):
+            handles.append(getattr(layer.mlp, name).register_forward_hook(lambda *_a, n=name: seen.append(n)))
+    return handles
+
+
+def _prefill_and_decode(shard: ShardModel, x: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    cache = shard.new_cache(32)
+    outs = [shard(x, 0, cache)]
+    for i in range(steps.shape[1]):
+        outs.append(shard(steps[:, i:i + 1], x.shape[1] + i, cache))
+    return torch.cat(outs, 1)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_stacked_projections_compute_what_the_separate_ones_do(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from veriswarm.split.modeling import StackedRows
+
+    model = tiny_hf_model(kind, layers=3)
+    _, (shard,) = _split(model, 1)
+    attn, mlp = shard.layers[0].self_attn, shard.layers[0].mlp
+    assert attn.qkv is not None and mlp.gate_up is not None
+    # The weights are stored once: each projection is a view into its stack.
+    for lin in (attn.q_proj, attn.k_proj, attn.v_proj):
+        assert lin.weight.untyped_storage().data_ptr() == attn.qkv.weight.untyped_storage().data_ptr()
+        if kind == "qwen2":
+            assert attn.qkv.bias is not None
+            assert lin.bias.untyped_storage().data_ptr() == attn.qkv.bias.untyped_storage().data_ptr()
+    gen = torch.Generator().manual_seed(3)
+    x, steps = torch.randn(1, 9, 64, generator=gen), torch.randn(1, 5, 64, generator=gen)
+    calls = []
+    real_call = StackedRows.__call__
+    monkeypatch.setattr(StackedRows, "__call__", lambda self, h: calls.append(1) or real_call(self, h))
+    stacked = _prefill_and_decode(shard, x, steps)
+    assert len(calls) == 2 * 3 * 6  # two stacks per layer, three layers, prefill + five decode steps
+    seen: list[str] = []
+    handles = _hook_everything(shard, seen)
+    separate = _prefill_and_decode(shard, x, steps)
+    for h in handles:
+        h.remove()
+    assert len(calls) == 2 * 3 * 6 and len(seen) == 5 * 3 * 6  # with hooks, every projection ran itself
+    assert (stacked - separate).abs().max().item() < 1e-5
+
+
+def test_stacked_projections_follow_weight_changes() -> None:
+    model = tiny_hf_model("llama", layers=2)
+    cfg = config_from_hf(model.config)
+    _, (shard,) = _split(model, 1)
+    x = torch.randn(1, 6, 64, generator=torch.Generator().manual_seed(4))
+    before = shard(x)
+    attn, mlp = shard.layers[1].self_attn, shard.layers[1].mlp
+    with torch.no_grad():
+        attn.v_proj.weight.mul_(2.0)  # in place: the stack holds the same memory, so it sees the change
+    assert attn.qkv is not None and attn.qkv.usable()
+    # A weight replaced by a new tensor is not in the stack any more: the separate linear must run.
+    mlp.up_proj.weight = torch.nn.Parameter(torch.zeros_like(mlp.up_proj.weight), requires_grad=False)
+    assert mlp.gate_up is not None and not mlp.gate_up.usable()
+    sd = dict(_strip_prefix(model.state_dict()))
+    sd["layers.1.self_attn.v_proj.weight"] = sd["layers.1.self_attn.v_proj.weight"] * 2.0
+    sd["layers.1.mlp.up_proj.weight"] = torch.zeros_like(sd["layers.1.mlp.up_proj.weight"])
+    expected = ShardModel(cfg, 0, 2, sd)(x)
+    assert (shard(x) - expected).abs().max().item() < 1e-5
+    assert (expected - before).abs().max().item() > 1e-3
+
+
+def test_low_rank_and_fp16_projections_are_not_stacked() -> None:
+    from veriswarm.split.modeling import MLP, Attention
+
+    model = tiny_hf_model("llama", layers=1)
+    cfg = config_from_hf(model.config)
+    sd = dict(_strip_prefix(model.state_dict()))
+    w = sd.pop("layers.0.self_attn.k_proj.weight")
+    sd["layers.0.self_attn.k_proj.u"], sd["layers.0.self_attn.k_proj.v"] = w[:, :8].clone(), torch.eye(8, 64)
+    assert Attention(cfg, sd, "layers.0.self_attn").qkv is None
+    sd["layers.0.mlp.up_proj.weight"] = sd["layers.0.mlp.up_proj.weight"].half()
+    assert MLP(sd, "layers.0.mlp").gate_up is None
