@@ -10,6 +10,10 @@ ratio of medians taken minutes apart (also printed, as ``ratio_of_medians``). Th
 a bare pipeline of as many processes with no protocol (``bare_pipeline.py``): ``bare_pipeline_ratio`` is
 the most any protocol could reach on this machine, and ``split_vs_bare_pipeline`` what veriswarm's costs. ``split`` is the default path
 (server-to-server relay); the client-mediated path (the client forwards between hops) is measured too.
+
+veriswarm's own shard code (``split/modeling.py``) decodes faster than ``transformers`` in one process, which
+the ratio against ``transformers`` includes. So the same code is also run monolithically (every shard in this
+one process, 1 thread, as a node decodes): ``ratio_vs_own_code`` is the cost of splitting alone.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ from bare_pipeline import BarePipeline  # bench/, next to this script
 
 from veriswarm.client import Client
 from veriswarm.deploy.local import LocalSwarm
+from veriswarm.manifest import ModelDir
+from veriswarm.split.artifacts import load_head, load_shard
+from veriswarm.split.modeling import HeadModel, ShardModel
 from veriswarm.split.partition import write_model_dir
 from veriswarm.split.sources import config_from_hf, load_hf, resolve_source
 
@@ -48,6 +55,21 @@ def mono_run(model, ids: list[int], n: int) -> tuple[float, float]:
         total = time.perf_counter() - t0
     assert out.shape[1] - len(ids) == n
     return total, ttft
+
+
+@torch.inference_mode()
+def own_code_run(head: HeadModel, shards: list[ShardModel], ids: list[int], n: int) -> tuple[list[int], float]:
+    """Greedy ``n`` tokens through veriswarm's shard code, every shard in this process: (tokens, seconds)."""
+    t0 = time.perf_counter()
+    caches = [s.new_cache(len(ids) + n) for s in shards]
+    x, pos, out = head.embed_tokens(torch.tensor([ids])), 0, []
+    for _ in range(n):
+        for shard, cache in zip(shards, caches, strict=True):
+            x = shard(x, pos, cache)
+        pos += x.shape[1]
+        out.append(int(head.logits(x[:, -1:]).argmax(-1)))
+        x = head.embed_tokens(torch.tensor([[out[-1]]]))
+    return out, time.perf_counter() - t0
 
 
 def main() -> None:
@@ -75,13 +97,16 @@ def main() -> None:
                 BarePipeline(model_dir, threads=args.node_threads or torch.get_num_threads(),
                              prefill_threads=swarm.prefill_threads) as bare:
             ids = client._async.encode_chat(PROMPT)
+            md = ModelDir.open(model_dir)
+            own_head, own_shards = load_head(md), [load_shard(md, i) for i in range(len(md.manifest.shards))]
             # Warm every path (allocations, first-call overheads, relay links) before measuring.
             client.generate_ids(ids, max_new_tokens=4, ignore_eos=True)
             direct.generate_ids(ids, max_new_tokens=4, ignore_eos=True)
             torch.set_num_threads(args.client_threads)
             bare.generate(ids, 4)
             mono_run(model, ids, 4)
-            split_tok_s, split_ttft, direct_tok_s, bare_tok_s = [], [], [], []
+            own_code_run(own_head, own_shards, ids, 4)
+            split_tok_s, split_ttft, direct_tok_s, bare_tok_s, own_tok_s = [], [], [], [], []
             mono_threads = [int(t) for t in args.mono_threads.split(",")]
             mono: dict[int, tuple[list[float], list[float]]] = {t: ([], []) for t in mono_threads}
             default_threads = torch.get_num_threads()
@@ -97,6 +122,10 @@ def main() -> None:
                 tokens, seconds = bare.generate(ids, args.tokens)
                 assert tokens == g.token_ids, "the bare pipeline and the split chain disagree"
                 bare_tok_s.append(args.tokens / seconds)
+                torch.set_num_threads(1)
+                tokens, seconds = own_code_run(own_head, own_shards, ids, args.tokens)
+                assert tokens == g.token_ids, "veriswarm's code in one process and the split chain disagree"
+                own_tok_s.append(args.tokens / seconds)
                 for t in mono_threads:
                     torch.set_num_threads(t)
                     total, ttft = mono_run(model, ids, args.tokens)
@@ -110,6 +139,9 @@ def main() -> None:
     b = statistics.median(bare_tok_s)
     paired_bare = [a / c for a, c in zip(bare_tok_s, mono_tok_s, strict=True)]
     protocol = [a / c for a, c in zip(split_tok_s, bare_tok_s, strict=True)]
+    own = statistics.median(own_tok_s)
+    vs_own = [a / c for a, c in zip(split_tok_s, own_tok_s, strict=True)]
+    own_vs_mono = [a / c for a, c in zip(own_tok_s, mono_tok_s, strict=True)]
     paired_direct = [a / b for a, b in zip(direct_tok_s, mono_tok_s, strict=True)]
     print(f"prompt tokens {len(ids)}, generated {args.tokens}, shards {args.shards}, runs {args.runs}, "
           f"node threads {args.node_threads}, client threads {args.client_threads}, cores {os.cpu_count()}")
@@ -117,6 +149,7 @@ def main() -> None:
           f"runs {[round(v, 1) for v in split_tok_s]}")
     print(f"split, client-mediated  {dm:7.2f} tok/s   runs {[round(v, 1) for v in direct_tok_s]}")
     print(f"bare pipeline (no protocol) {b:7.2f} tok/s   runs {[round(v, 1) for v in bare_tok_s]}")
+    print(f"monolithic, veriswarm's code, 1 thread {own:7.2f} tok/s   runs {[round(v, 1) for v in own_tok_s]}")
     for t in mono_threads:
         print(f"monolithic, {t} thread(s) {statistics.median(mono[t][0]):7.2f} tok/s   ttft "
               f"{statistics.median(mono[t][1]) * 1000:7.1f} ms   runs {[round(v, 1) for v in mono[t][0]]}"
@@ -124,6 +157,8 @@ def main() -> None:
     print(f"split / monolithic per run: relay {[round(r, 3) for r in paired]}, "
           f"client-mediated {[round(r, 3) for r in paired_direct]}, bare pipeline {[round(r, 3) for r in paired_bare]}")
     print(f"split (relay) / bare pipeline per run: {[round(r, 3) for r in protocol]}")
+    print(f"split (relay) / veriswarm's code in one process per run: {[round(r, 3) for r in vs_own]}; "
+          f"that code / transformers: {[round(r, 3) for r in own_vs_mono]}")
     print(json.dumps({"split_tok_s": round(s, 3), "mono_tok_s": round(m, 3),
                       "ratio": round(statistics.median(paired), 4), "ratio_of_medians": round(s / m, 4),
                       "ttft_s": round(statistics.median(split_ttft), 4),
@@ -131,6 +166,8 @@ def main() -> None:
                       "client_mediated_tok_s": round(dm, 3), "client_mediated_ratio": round(statistics.median(paired_direct), 4),
                       "bare_pipeline_tok_s": round(b, 3), "bare_pipeline_ratio": round(statistics.median(paired_bare), 4),
                       "split_vs_bare_pipeline": round(statistics.median(protocol), 4),
+                      "own_code_tok_s": round(own, 3), "ratio_vs_own_code": round(statistics.median(vs_own), 4),
+                      "own_code_vs_mono": round(statistics.median(own_vs_mono), 4),
                       "mono_threads": best, "node_threads": args.node_threads, "client_threads": args.client_threads,
                       "load_avg_1m": round(os.getloadavg()[0], 2), "tokens": args.tokens,
                       "shards": args.shards, "runs": args.runs}))
