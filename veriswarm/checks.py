@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+
+from eth_utils import to_checksum_address
 
 from .errors import ReceiptError
 from .frames import sha256
@@ -45,7 +48,17 @@ def check_receipt(receipt: Receipt, expected: Expected, input_frame: bytes, outp
         got = getattr(receipt, field_name)
         if got != value:
             raise ReceiptError(f"receipt {field_name} is {got!r}, expected {value!r}")
-    signer = receipt.signer(domain)
-    if signer.lower() != expected.address.lower():
-        raise ReceiptError(f"receipt signed by {signer}, expected the node's key {expected.address}")
+    signer = receipt.signer_bytes(domain)
+    if signer != _address_bytes(expected.address):
+        raise ReceiptError(f"receipt signed by {to_checksum_address(signer)}, expected the node's key {expected.address}")
     return context
+
+
+@lru_cache(maxsize=1024)
+def _address_bytes(address: str) -> bytes:
+    """0x + 40 hex digits (any case) as 20 bytes; anything else can match no signer."""
+    try:
+        raw = bytes.fromhex(address[2:]) if address[:2] in ("0x", "0X") else b""
+    except ValueError:
+        return b""
+    return raw if len(raw) == 20 else b""

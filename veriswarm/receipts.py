@@ -135,6 +135,10 @@ class Receipt:
         """Recover the signing address; raises ReceiptError on a malformed or malleable signature."""
         return digest_signer(self.digest(domain), self.signature, what="receipt")
 
+    def signer_bytes(self, domain: ReceiptDomain) -> bytes:
+        """The signing address as 20 raw bytes (no EIP-55 checksum to build: a receiver compares bytes)."""
+        return digest_signer_bytes(self.digest(domain), self.signature, what="receipt")
+
     def to_json(self) -> dict[str, object]:
         return asdict(self)
 
@@ -161,6 +165,11 @@ def sign_digest(private_key: bytes, digest: bytes) -> str:
 
 def digest_signer(digest: bytes, signature: object, *, what: str = "signature") -> NodeAddress:
     """The address that signed ``digest``; ReceiptError on a malformed, malleable or unrecoverable signature."""
+    return NodeAddress(to_checksum_address(digest_signer_bytes(digest, signature, what=what)))
+
+
+def digest_signer_bytes(digest: bytes, signature: object, *, what: str = "signature") -> bytes:
+    """:func:`digest_signer` as 20 raw bytes."""
     if not isinstance(signature, str) or not _SIG.fullmatch(signature):
         raise ReceiptError(f"{what} signature must be 0x + 130 lower-case hex digits (r, s, v)")
     raw = bytes.fromhex(signature[2:])
@@ -176,7 +185,7 @@ def digest_signer(digest: bytes, signature: object, *, what: str = "signature") 
         pub = coincurve.PublicKey.from_signature_and_message(raw[:64] + bytes([v - 27]), digest, hasher=None)
     except (ValueError, TypeError) as exc:
         raise ReceiptError(f"{what} signature does not recover: {exc}") from exc
-    return NodeAddress(to_checksum_address(keccak(pub.format(compressed=False)[1:])[-20:]))
+    return keccak(pub.format(compressed=False)[1:])[-20:]
 
 
 @lru_cache(maxsize=64)

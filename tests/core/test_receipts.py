@@ -102,6 +102,13 @@ def test_check_receipt_accepts_the_honest_receipt_and_rejects_tampering() -> Non
     other_key = replace(honest, signature="").signed(os.urandom(32), DOMAIN)
     with pytest.raises(ReceiptError, match="signed by"):
         check_receipt(other_key, _expected(seed, nonce), inp, out, DOMAIN)
+    # The signer is compared as 20 bytes: the expected address may come in any case, and a malformed one
+    # matches no signer (not even a key whose address would share its valid part).
+    for spelling in (address_of(KEY).lower(), "0x" + address_of(KEY)[2:].upper()):
+        assert check_receipt(honest, replace(_expected(seed, nonce), address=spelling), inp, out, DOMAIN) == ctx
+    for broken in ("", address_of(KEY)[2:], address_of(KEY) + "00", address_of(KEY)[:-2], "0x" + "zz" * 20):
+        with pytest.raises(ReceiptError, match="signed by"):
+            check_receipt(honest, replace(_expected(seed, nonce), address=broken), inp, out, DOMAIN)
 
 
 def test_context_chain_depends_on_order_and_session() -> None:
