@@ -7,6 +7,7 @@ import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from veriswarm.errors import ConfigError
 
@@ -71,6 +72,41 @@ class NodeConfig:
     @property
     def url(self) -> str:
         return self.advertise_url or f"http://{self.host}:{self.port}"
+
+    def advertised_at(self, port: int) -> str:
+        """The advertised URL of the app this node serves on local ``port`` ("" without ``advertise_url``).
+
+        A shard range or ``auto`` serves one port per shard, offset from ``port``; the advertised URL is
+        shifted by the same offset, so one public base with a port range forwarded alike (NAT, a container's
+        published ports) covers every shard: ``advertise_url = "https://node.example.org:9700"`` with
+        ``--port 8700`` advertises the shard on local port 8702 as ``https://node.example.org:9702``.
+        The base must be ``scheme://host[:port]``: a path cannot be shifted per shard."""
+        if not self.advertise_url:
+            return ""
+        if port == self.port:
+            return self.advertise_url
+        scheme, host, base = self.advertise_base()
+        public = base + (port - self.port)
+        if not 0 < public < 65536:
+            raise ConfigError(f"advertise_url {self.advertise_url!r} shifted for local port {port} gives port {public}, "
+                              "outside 1..65535")
+        return f"{scheme}://{host}:{public}"
+
+    def advertise_base(self) -> tuple[str, str, int]:
+        """``advertise_url`` as (scheme, host, port) for shifting per shard; ConfigError unless it is
+        scheme://host[:port] (http or https; no path, query, fragment or credentials)."""
+        parts = urlsplit(self.advertise_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"advertise_url {self.advertise_url!r} must be http(s)://host[:port]")
+        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username or parts.password:
+            raise ConfigError(f"advertise_url {self.advertise_url!r}: a node serving one port per shard advertises "
+                              "scheme://host[:port] only (each shard's port is shifted like its local one)")
+        try:
+            base = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            raise ConfigError(f"advertise_url {self.advertise_url!r} has an invalid port") from None
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        return parts.scheme, host, base
 
     @classmethod
     def from_file(cls, path: Path) -> dict[str, Any]:

@@ -67,7 +67,8 @@ class ShardHost:
         return sorted(self.runners)
 
     def config_for(self, shard: int) -> NodeConfig:
-        return replace(self.config, shard=shard, port=self.port_of(shard))
+        port = self.port_of(shard)
+        return replace(self.config, shard=shard, port=port, advertise_url=self.config.advertised_at(port))
 
     async def add(self, shard: int) -> None:
         loop = asyncio.get_running_loop()

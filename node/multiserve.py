@@ -28,7 +28,7 @@ def open_node(config: NodeConfig, password: str) -> tuple[NodeConfig, ModelDir, 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = with_deployment(config)
     if config.advertise_url:
-        raise ConfigError("advertise_url names one URL, but a shard range or auto serves one port per shard")
+        config.advertise_base()  # a base that cannot be shifted per shard fails here, not when a shard is added
     model_dir = ModelDir.open(config.model_dir, expect_hash=config.manifest_hash or None)
     key = load_keystore(config.key_file, password)
     if config.torch_threads > 0:

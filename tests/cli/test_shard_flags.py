@@ -55,3 +55,9 @@ def test_a_range_whose_port_is_taken_is_one_line(tiny_dir: Path, key: Path) -> N
         s.listen()
         port = s.getsockname()[1]
         _one_line_error(_start(tiny_dir, key, "--shard", "0-1", "--port", str(port)), "already in use")
+
+
+def test_a_range_with_an_advertise_url_that_cannot_be_shifted_is_one_line(tiny_dir: Path, key: Path) -> None:
+    args = ["node", "start", "--model-dir", str(tiny_dir), "--key", str(key), "--shard", "0-1"]
+    env = {**ENV, "VERISWARM_NODE_ADVERTISE_URL": "https://node.example.org/veriswarm"}
+    _one_line_error(CliRunner().invoke(app, args, env=env), "advertises scheme://host[:port] only")

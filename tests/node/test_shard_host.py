@@ -9,7 +9,9 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
+from veriswarm.errors import ConfigError
 from veriswarm.manifest import ModelDir
 from veriswarm.node.app import STATE
 from veriswarm.node.config import NodeConfig
@@ -69,3 +71,32 @@ async def test_hosted_shards_move_and_drain(tiny_dir: Path) -> None:
         finally:
             await host.close()
     assert host.shards == []
+
+
+def test_advertised_urls_shift_with_each_shards_port(tiny_dir: Path) -> None:
+    """A node serving one port per shard advertises each on its own public port, offset like the local one."""
+    cfg = NodeConfig(model_dir=tiny_dir, port=8700, advertise_url="https://node.example.org:9700")
+    host = ShardHost(config=cfg, model_dir=ModelDir.open(tiny_dir), node_key=KEY,
+                     port_of=lambda s: 8700 + s, report=lambda: {})
+    assert [host.config_for(s).url for s in (0, 2)] == ["https://node.example.org:9700", "https://node.example.org:9702"]
+    assert host.config_for(2).port == 8702
+    # Without a port the scheme's default is the base; an IPv6 host keeps its brackets.
+    assert NodeConfig(port=8700, advertise_url="http://203.0.113.5").advertised_at(8703) == "http://203.0.113.5:83"
+    assert NodeConfig(port=8700, advertise_url="https://[2001:db8::1]:9000").advertised_at(8701) == "https://[2001:db8::1]:9001"
+    # No advertise_url: the local address, as before.
+    assert ShardHost(config=NodeConfig(model_dir=tiny_dir, host="127.0.0.1", port=8700), model_dir=ModelDir.open(tiny_dir),
+                     node_key=KEY, port_of=lambda s: 8700 + s, report=lambda: {}).config_for(1).url == "http://127.0.0.1:8701"
+
+
+@pytest.mark.parametrize("url,why", [
+    ("https://node.example.org/veriswarm", "scheme://host"),  # a path cannot be shifted per shard
+    ("https://node.example.org:9700?x=1", "scheme://host"),
+    ("https://user:pw@node.example.org", "scheme://host"),
+    ("ftp://node.example.org", "must be http"),
+    ("node.example.org:9700", "must be http"),
+    ("https://node.example.org:99999", "invalid port"),
+    ("https://node.example.org:65535", "outside 1..65535"),  # shard 1 would be on 65536
+])
+def test_advertised_urls_that_cannot_be_shifted_are_refused(url: str, why: str) -> None:
+    with pytest.raises(ConfigError, match=why):
+        NodeConfig(port=8700, advertise_url=url).advertised_at(8701)
