@@ -52,3 +52,20 @@ def test_default_source_is_the_packaged_gguf() -> None:
     src = resolve_source(None)
     assert src.kind == "gguf" and src.gguf_file == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert (src.directory / src.gguf_file).is_file()
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the process's memory map (Linux)")
+def test_a_loaded_shard_keeps_no_mapping_of_its_artifact(tiny_dir: Path) -> None:
+    """The shard's weights are its own (stacked projections are copies; the rest is copied too), so the
+    artifact's memory map is gone once loading ends: its pages are not held twice."""
+    import gc
+
+    md = ModelDir.open(tiny_dir)
+    path = md.artifact_path(md.manifest.shard(1).artifact)
+    shard = load_shard(md, 1)
+    gc.collect()
+    assert str(path) not in Path("/proc/self/maps").read_text()
+    attn = shard.layers[0].self_attn
+    assert attn.qkv is not None and attn.qkv.usable()  # the copy did not undo the stacking
+    out = shard(torch.randn(1, 3, md.manifest.config.hidden_size, generator=torch.Generator().manual_seed(0)))
+    assert torch.isfinite(out).all()
