@@ -2,14 +2,15 @@
 
 Prints a human-readable table and, last, one JSON line:
     {"split_tok_s", "mono_tok_s", "ratio", "ttft_s", ...}
-tok/s = generated tokens / wall time of the whole generation (prefill included), median of the runs,
-the paths interleaved so that drift on the machine hits them alike. The baseline is the monolithic model
-at its best thread count (measured, not assumed). ``ratio`` is the median over runs of split ÷ monolithic
-measured within the same run (seconds apart), which drift on a shared machine moves far less than a
-ratio of medians taken minutes apart (also printed, as ``ratio_of_medians``). The same shards also run in
-a bare pipeline of as many processes with no protocol (``bare_pipeline.py``): ``bare_pipeline_ratio`` is
-the most any protocol could reach on this machine, and ``split_vs_bare_pipeline`` what veriswarm's costs. ``split`` is the default path
-(server-to-server relay); the client-mediated path (the client forwards between hops) is measured too.
+tok/s = generated tokens / wall time of the whole generation (prefill included), median of the runs, the paths
+interleaved, each run starting one path later (rotated), so that drift and the order hit them alike. The
+baseline is the monolithic model at its best thread count (measured, not assumed). ``ratio`` is the median
+over runs of split ÷ monolithic measured within the same run (seconds apart), which drift on a shared machine
+moves far less than a ratio of medians taken minutes apart (also printed, as ``ratio_of_medians``). The same
+shards also run in a bare pipeline of as many processes with no protocol (``bare_pipeline.py``):
+``bare_pipeline_ratio`` is the most any protocol could reach on this machine, and ``split_vs_bare_pipeline``
+what veriswarm's costs. ``split`` is the default path (server-to-server relay); the client-mediated path (the
+client forwards between hops) is measured too.
 
 veriswarm's own shard code (``split/modeling.py``) decodes faster than ``transformers`` in one process, which
 the ratio against ``transformers`` includes. So the same code is also run monolithically (every shard in this
@@ -19,6 +20,7 @@ one process, 1 thread, as a node decodes): ``ratio_vs_own_code`` is the cost of 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -99,8 +101,9 @@ def main() -> None:
             ids = client._async.encode_chat(PROMPT)
             md = ModelDir.open(model_dir)
             own_head, own_shards = load_head(md), [load_shard(md, i) for i in range(len(md.manifest.shards))]
-            # Warm every path (allocations, first-call overheads, relay links) before measuring.
-            client.generate_ids(ids, max_new_tokens=4, ignore_eos=True)
+            # Warm every path (allocations, first-call overheads, relay links) before measuring; the split
+            # chain's greedy tokens are what every other path must produce.
+            ref = client.generate_ids(ids, max_new_tokens=args.tokens, ignore_eos=True).token_ids
             direct.generate_ids(ids, max_new_tokens=4, ignore_eos=True)
             torch.set_num_threads(args.client_threads)
             bare.generate(ids, 4)
@@ -110,27 +113,44 @@ def main() -> None:
             mono_threads = [int(t) for t in args.mono_threads.split(",")]
             mono: dict[int, tuple[list[float], list[float]]] = {t: ([], []) for t in mono_threads}
             default_threads = torch.get_num_threads()
-            for _ in range(args.runs):
+
+            def run_split() -> None:
                 torch.set_num_threads(args.client_threads)
                 g = client.generate_ids(ids, max_new_tokens=args.tokens, ignore_eos=True)
-                assert len(g.token_ids) == args.tokens and g.relayed_steps == args.tokens
+                assert g.token_ids == ref and g.relayed_steps == args.tokens
                 split_tok_s.append(args.tokens / g.total_s)
                 split_ttft.append(g.ttft_s)
+
+            def run_direct() -> None:
+                torch.set_num_threads(args.client_threads)
                 d = direct.generate_ids(ids, max_new_tokens=args.tokens, ignore_eos=True)
-                assert d.token_ids == g.token_ids and d.relayed_steps == 0
+                assert d.token_ids == ref and d.relayed_steps == 0
                 direct_tok_s.append(args.tokens / d.total_s)
+
+            def run_bare() -> None:
+                torch.set_num_threads(args.client_threads)
                 tokens, seconds = bare.generate(ids, args.tokens)
-                assert tokens == g.token_ids, "the bare pipeline and the split chain disagree"
+                assert tokens == ref, "the bare pipeline and the split chain disagree"
                 bare_tok_s.append(args.tokens / seconds)
+
+            def run_own() -> None:
                 torch.set_num_threads(1)
                 tokens, seconds = own_code_run(own_head, own_shards, ids, args.tokens)
-                assert tokens == g.token_ids, "veriswarm's code in one process and the split chain disagree"
+                assert tokens == ref, "veriswarm's code in one process and the split chain disagree"
                 own_tok_s.append(args.tokens / seconds)
-                for t in mono_threads:
-                    torch.set_num_threads(t)
-                    total, ttft = mono_run(model, ids, args.tokens)
-                    mono[t][0].append(args.tokens / total)
-                    mono[t][1].append(ttft)
+
+            def run_mono(t: int) -> None:
+                torch.set_num_threads(t)
+                total, ttft = mono_run(model, ids, args.tokens)
+                mono[t][0].append(args.tokens / total)
+                mono[t][1].append(ttft)
+
+            paths = [run_split, run_direct, run_bare, run_own] + [functools.partial(run_mono, t) for t in mono_threads]
+            for r in range(args.runs):
+                # Each run starts one path later: every path follows every other equally often over the
+                # runs, so none is always measured right after, say, the monolithic model had both cores.
+                for path in paths[r % len(paths):] + paths[:r % len(paths)]:
+                    path()
                 torch.set_num_threads(default_threads)
     best = max(mono_threads, key=lambda t: statistics.median(mono[t][0]))
     mono_tok_s, mono_ttft = mono[best]
