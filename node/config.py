@@ -83,8 +83,6 @@ class NodeConfig:
         The base must be ``scheme://host[:port]``: a path cannot be shifted per shard."""
         if not self.advertise_url:
             return ""
-        if port == self.port:
-            return self.advertise_url
         scheme, host, base = self.advertise_base()
         public = base + (port - self.port)
         if not 0 < public < 65536:

@@ -82,6 +82,8 @@ def test_advertised_urls_shift_with_each_shards_port(tiny_dir: Path) -> None:
     assert host.config_for(2).port == 8702
     # Without a port the scheme's default is the base; an IPv6 host keeps its brackets.
     assert NodeConfig(port=8700, advertise_url="http://203.0.113.5").advertised_at(8703) == "http://203.0.113.5:83"
+    # Every shard's URL is built the same way, the first one's too (a trailing slash would double in "/v1/…").
+    assert NodeConfig(port=8700, advertise_url="http://203.0.113.5/").advertised_at(8700) == "http://203.0.113.5:80"
     assert NodeConfig(port=8700, advertise_url="https://[2001:db8::1]:9000").advertised_at(8701) == "https://[2001:db8::1]:9001"
     # No advertise_url: the local address, as before.
     assert ShardHost(config=NodeConfig(model_dir=tiny_dir, host="127.0.0.1", port=8700), model_dir=ModelDir.open(tiny_dir),
