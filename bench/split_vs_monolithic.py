@@ -3,7 +3,7 @@
 Prints a human-readable table and, last, one JSON line:
     {"split_tok_s", "mono_tok_s", "ratio", "ttft_s", ...}
 tok/s = generated tokens / wall time of the whole generation (prefill included), median of the runs, the paths
-interleaved, each run starting one path later (rotated), so that drift and the order hit them alike. The
+interleaved in a fresh (seeded) order each run, so that drift and the order hit them alike. The
 baseline is the monolithic model at its best thread count (measured, not assumed). ``ratio`` is the median
 over runs of split ÷ monolithic measured within the same run (seconds apart), which drift on a shared machine
 moves far less than a ratio of medians taken minutes apart (also printed, as ``ratio_of_medians``). The same
@@ -23,6 +23,7 @@ import argparse
 import functools
 import json
 import os
+import random
 import statistics
 import tempfile
 import time
@@ -147,9 +148,11 @@ def main() -> None:
 
             paths = [run_split, run_direct, run_bare, run_own] + [functools.partial(run_mono, t) for t in mono_threads]
             for r in range(args.runs):
-                # Each run starts one path later: every path follows every other equally often over the
-                # runs, so none is always measured right after, say, the monolithic model had both cores.
-                for path in paths[r % len(paths):] + paths[:r % len(paths)]:
+                # A fresh order each run (seeded, so a rerun repeats it): no path is always measured right
+                # after the same other one (say, right after the monolithic model had both cores).
+                order = list(paths)
+                random.Random(r).shuffle(order)
+                for path in order:
                     path()
                 torch.set_num_threads(default_threads)
     best = max(mono_threads, key=lambda t: statistics.median(mono[t][0]))
