@@ -17,7 +17,7 @@ import torch
 from veriswarm.checks import Expected, check_receipt
 from veriswarm.errors import ProtocolError, ReceiptError, RemoteError
 from veriswarm.frames import DTYPE_NAMES, decode_tensor, encode_tensor
-from veriswarm.protocol import ErrorReply, HopOrder, RelayResult, RelayStep, encode_envelope
+from veriswarm.protocol import ErrorReply, HopOrder, RelayResult, RelayStep, encode_envelope, encode_relay_tick
 from veriswarm.receipts import Receipt, ReceiptDomain, context_seed, hex32
 from veriswarm.sinks import HopRecord, ReceiptSink
 
@@ -45,6 +45,10 @@ class _Orders(NamedTuple):
     nonces: list[str]
     orders: list[HopOrder]
     envelope: bytes
+    #: the same step as a relay tick, for a route already pinned on the nodes (protocol.RelayTick)
+    tick: bytes
+    #: who the hops are: the route a full step pins
+    route: tuple[tuple[int, str, str], ...]
 
 
 class _Checked(NamedTuple):
@@ -103,6 +107,11 @@ class ChainSession:
         self.relay_grace_s = relay_grace_s
         #: the next relayed step's orders, built while this one computes (see _relayed_step)
         self._ready: _Orders | None = None
+        #: the route every node of the chain has pinned, by the last relayed step, which went through:
+        #: the next step on the same route is sent as a relay tick (None: send a full RelayStep)
+        self._pinned: tuple[tuple[int, str, str], ...] | None = None
+        #: relayed steps sent as ticks (the others, full RelayStep messages)
+        self.relay_ticks = 0
 
     @property
     def route(self) -> list[str]:
@@ -190,6 +199,7 @@ class ChainSession:
         input this shard has seen (same steps, same frames: the replica computes exactly what the
         failed node did)."""
         t0 = time.perf_counter()
+        self._pinned = None  # the replica has no route pinned: the next relayed step pins it anew
         self._ban(failed.peer.url, reason)
         await failed.close()
         tried = {failed.peer.url}
@@ -244,7 +254,9 @@ class ChainSession:
             orders.append(HopOrder(shard_index=hop.shard_index, url=hop.link.peer.url, address=hop.link.peer.address,
                                    step=step, start_pos=start, request_nonce=nonce))
         return _Orders(self._orders_key(start, steps), nonces, orders,
-                       encode_envelope(RelayStep(session_id=self.session_id, orders=orders, hop=0)))
+                       encode_envelope(RelayStep(session_id=self.session_id, orders=orders, hop=0)),
+                       encode_relay_tick(self.session_id, start, steps, nonces),
+                       tuple((o.shard_index, o.url, o.address) for o in orders))
 
     async def step(self, hidden: torch.Tensor) -> torch.Tensor:
         """Run [1, T, H] hidden states for the next T positions through every shard."""
@@ -286,8 +298,11 @@ class ChainSession:
         first = self.hops[0].link
         assert first is not None
         t0 = time.perf_counter()
+        tick = relay.route == self._pinned
+        # Pinned again only if this step goes through; whatever fails on the way, the next is a full step.
+        self._pinned = None
         try:
-            await first.send(relay.envelope + frame)
+            await first.send((relay.tick if tick else relay.envelope) + frame)
             # While the nodes compute: the next step's orders, for a step that follows this one on the same
             # nodes (used only if that is what comes next; see step).
             self._ready = self._relay_orders(start + shape[1], [h.step + 1 for h in self.hops],
@@ -322,6 +337,8 @@ class ChainSession:
                 self.router.observe(hop.link.peer.url, max(0.0, at - previous))
             previous = max(previous, at)
         self.relay_steps += 1
+        self.relay_ticks += tick
+        self._pinned = relay.route
         return checked[-1].out
 
     async def _await_relay(self, orders: list[HopOrder], frame: bytes, start: int, shape: tuple[int, ...]

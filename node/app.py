@@ -42,11 +42,14 @@ from veriswarm.protocol import (
     OpenSession,
     RelayResult,
     RelayStep,
+    RelayTick,
     SetUpstream,
     StepRequest,
+    decode_relay_tick,
     decode_request,
     encode_envelope,
     error_reply,
+    is_relay_tick,
     link_digest,
     result_reply,
 )
@@ -66,7 +69,7 @@ from veriswarm.split.modeling import ShardModel
 from .config import NodeConfig
 from .metrics import NodeMetrics
 from .relay import RelayLinks
-from .sessions import Session, SessionStore
+from .sessions import PinnedRoute, Session, SessionStore
 
 log = logging.getLogger("veriswarm.node")
 WIRE_DTYPES = frozenset({torch.float32, torch.float16, torch.bfloat16, Q8})
@@ -340,11 +343,10 @@ async def _ws_message(st: NodeState, owner: int, req: AnyRequest, payload: memor
 
 async def _relay_step(st: NodeState, conn: Connection, req: RelayStep, payload: memoryview) -> None:
     """Do this node's hop of a relayed step: pass the output on to the next node (or, as the last hop,
-    to the client) first, then push the signed receipt to the client. Errors are pushed to the
-    session's owner by the caller."""
+    to the client) first, then push the signed receipt to the client; pin the route for the relay
+    ticks that follow. Errors are pushed to the session's owner by the caller."""
     st.metrics.requests.labels("relay").inc()
-    if not st.config.relay:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "this node does not take part in relay (relay = false)")
+    _check_relays(st)
     hop = req.hop
     if hop >= len(req.orders):
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"relayed step names hop {hop} of a {len(req.orders)}-hop chain")
@@ -352,7 +354,39 @@ async def _relay_step(st: NodeState, conn: Connection, req: RelayStep, payload: 
     if order.shard_index != st.spec.index or order.address.lower() != st.address.lower():
         raise ProtocolError(ErrorCode.WRONG_SHARD, f"relayed hop {hop} is for shard {order.shard_index} at "
                                                    f"{order.address}, this is shard {st.spec.index} at {st.address}")
-    session = st.sessions.relayed(req.session_id)
+    session, owner = _relayed_session(st, conn, req.session_id, hop)
+    nxt = req.orders[hop + 1] if hop + 1 < len(req.orders) else None
+    session.route = PinnedRoute(hop, len(req.orders), nxt.url if nxt else None, nxt.address if nxt else None)
+    # The next hop's envelope does not depend on the output: built now, not while the token waits.
+    onward = encode_envelope(RelayStep(session_id=req.session_id, orders=req.orders, hop=hop + 1)) if nxt else b""
+    await _relay_hop(st, session, owner, step=order.step, start_pos=order.start_pos, nonce=order.request_nonce,
+                     next_step=nxt.step if nxt else None, onward=onward, payload=payload)
+
+
+async def _relay_tick(st: NodeState, conn: Connection, tick: RelayTick, payload: memoryview) -> None:
+    """A relayed step on the route the session's last full RelayStep pinned here (see RelayTick)."""
+    st.metrics.requests.labels("relay_tick").inc()
+    _check_relays(st)
+    session, owner = _relayed_session(st, conn, tick.session_id, tick.hop)
+    route = session.route
+    if route is None or route.hop != tick.hop or route.hops != tick.hops:
+        pinned = f"hop {route.hop} of {route.hops}" if route is not None else "none"
+        raise ProtocolError(ErrorCode.RELAY_FAILED, f"relay tick refused at shard {st.spec.index}: it names hop "
+                                                    f"{tick.hop} of {tick.hops}, the route pinned here is {pinned} "
+                                                    "(a full relayed step pins it)")
+    await _relay_hop(st, session, owner, step=tick.step, start_pos=tick.start_pos, nonce=tick.request_nonce,
+                     next_step=tick.next_step, onward=tick.onward() if route.next_url else b"", payload=payload)
+
+
+def _check_relays(st: NodeState) -> None:
+    if not st.config.relay:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "this node does not take part in relay (relay = false)")
+
+
+def _relayed_session(st: NodeState, conn: Connection, session_id: str, hop: int) -> tuple[Session, Connection]:
+    """The session a relayed step (full or tick) is for, if it came from whom it may come from, and the
+    connection of the client it belongs to."""
+    session = st.sessions.relayed(session_id)
     if hop == 0:
         # The first hop takes the step only from the client that opened the session.
         if conn.owner != session.owner:
@@ -370,27 +404,36 @@ async def _relay_step(st: NodeState, conn: Connection, req: RelayStep, payload: 
     owner = st.connections.get(session.owner)
     if owner is None or owner.ws.closed:
         raise ProtocolError(ErrorCode.RELAY_FAILED, "the client's connection is gone")
-    onward: Onward | None = None
-    if hop + 1 < len(req.orders):
-        nxt = req.orders[hop + 1]
+    return session, owner
+
+
+async def _relay_hop(st: NodeState, session: Session, owner: Connection, *, step: int, start_pos: int, nonce: str,
+                     next_step: int | None, onward: bytes, payload: memoryview) -> None:
+    """Run the step; its output frame goes on after ``onward`` (the next hop's message header) to the
+    pinned route's next hop, or, as the last hop, with the receipt to the client."""
+    route = session.route
+    assert route is not None  # pinned by the caller's full step, or checked by its tick
+    send_on: Onward | None = None
+    if route.next_url is not None and route.next_address is not None and next_step is not None:
         relay = st.relay
         assert relay is not None  # created by the app's cleanup context before any request
+        url, address = route.next_url, route.next_address
 
-        # The next hop's envelope does not depend on the output: built now, not while the token waits.
-        envelope = encode_envelope(RelayStep(session_id=req.session_id, orders=req.orders, hop=hop + 1))
+        async def send_on(out_frame: bytes) -> None:
+            await relay.send(url, onward + out_frame, session_id=session.session_id, step=next_step, address=address)
 
-        async def onward(out_frame: bytes) -> None:
-            await relay.send(nxt.url, envelope + out_frame, session_id=req.session_id, step=nxt.step, address=nxt.address)
-
-    out_frame, receipt = await _session_step(st, session, step=order.step, start_pos=order.start_pos,
-                                             nonce=order.request_nonce, payload=payload, onward=onward)
-    await _push(st, owner, encode_envelope(RelayResult(session_id=req.session_id, hop=hop, receipt=receipt.to_json()),
-                                           out_frame))
+    out_frame, receipt = await _session_step(st, session, step=step, start_pos=start_pos, nonce=nonce,
+                                             payload=payload, onward=send_on)
+    await _push(st, owner, encode_envelope(RelayResult(session_id=session.session_id, hop=route.hop,
+                                                       receipt=receipt.to_json()), out_frame))
 
 
-async def _relay_task(st: NodeState, conn: Connection, req: RelayStep, payload: memoryview, t0: float) -> None:
+async def _relay_task(st: NodeState, conn: Connection, req: RelayStep | RelayTick, payload: memoryview, t0: float) -> None:
     try:
-        await _relay_step(st, conn, req, payload)
+        if isinstance(req, RelayTick):
+            await _relay_tick(st, conn, req, payload)
+        else:
+            await _relay_step(st, conn, req, payload)
         st.metrics.hop_seconds.observe(time.perf_counter() - t0)
     except ProtocolError as exc:
         await _push_error(st, req, exc, conn)
@@ -399,12 +442,15 @@ async def _relay_task(st: NodeState, conn: Connection, req: RelayStep, payload: 
         await _push_error(st, req, ProtocolError(ErrorCode.INTERNAL, "internal error (see the node's log)"), conn)
 
 
-async def _push_error(st: NodeState, req: RelayStep, exc: ProtocolError, sender: Connection) -> None:
+async def _push_error(st: NodeState, req: RelayStep | RelayTick, exc: ProtocolError, sender: Connection) -> None:
     """Tell the client that owns the session why its relayed step stopped here; with no session here,
     tell the node that sent it (it tells its own client: see RelayLinks.on_refused)."""
     st.metrics.errors.labels(exc.code.value).inc()
     log.info("relayed step for session %s… stopped at shard %d: %s", req.session_id[:18], st.spec.index, exc.message)
-    step = req.orders[req.hop].step if req.hop < len(req.orders) else None
+    if isinstance(req, RelayTick):
+        step: int | None = req.step
+    else:
+        step = req.orders[req.hop].step if req.hop < len(req.orders) else None
     message = encode_envelope(error_reply(exc, session_id=req.session_id, step=step))
     try:
         owner = st.sessions.relayed(req.session_id).owner
@@ -524,12 +570,13 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         async for msg in ws:
             if msg.type == WSMsgType.BINARY:
                 t0 = time.perf_counter()
+                req: AnyRequest | RelayTick
                 try:
-                    req, payload = decode_request(msg.data)
+                    req, payload = decode_relay_tick(msg.data) if is_relay_tick(msg.data) else decode_request(msg.data)
                 except ProtocolError as exc:
                     await ws.send_bytes(_ws_error(st, exc, None))
                     continue
-                if isinstance(req, RelayStep):
+                if isinstance(req, RelayStep | RelayTick):
                     # No reply on this connection: the result goes on to the next node, and every
                     # node pushes its receipt to the client (or an error, when the step stops there).
                     if _inline_relay(st, payload):

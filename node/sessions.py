@@ -11,6 +11,18 @@ from veriswarm.errors import ErrorCode, ProtocolError
 from veriswarm.split.kvcache import KVCache
 
 
+@dataclass(frozen=True)
+class PinnedRoute:
+    """Where a session's relayed steps go from this node, as the last full RelayStep ordered it: what a
+    relay tick (protocol.RelayTick) is checked against and sent on by."""
+
+    hop: int
+    hops: int
+    #: the next hop's URL and node key (None: this node is the last hop)
+    next_url: str | None
+    next_address: str | None
+
+
 @dataclass
 class Session:
     session_id: str
@@ -24,6 +36,8 @@ class Session:
     #: client falling back from a relay that broke) gets the same answer; the receipt holds the input's hash
     last: tuple[str, Any, bytes] | None = None
     last_used: float = field(default_factory=time.monotonic)
+    #: set by a full relayed step; relay ticks follow it
+    route: PinnedRoute | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property

@@ -18,7 +18,15 @@ from typing import Any
 from aiohttp import web
 
 from veriswarm.errors import ErrorCode, ProtocolError
-from veriswarm.protocol import AnyReply, AnyRequest, decode_reply, decode_request, encode_envelope, error_reply
+from veriswarm.protocol import (
+    AnyReply,
+    AnyRequest,
+    decode_reply,
+    decode_request,
+    encode_envelope,
+    error_reply,
+    is_relay_tick,
+)
 
 from .proxy import Peer, StopProxying, make_proxy_app
 
@@ -26,6 +34,8 @@ SLOW_S = 0.06
 
 
 def _kind(data: bytes, decode: Callable[[bytes], tuple[AnyRequest | AnyReply, Any]]) -> str:
+    if is_relay_tick(data):
+        return "relay"  # a relayed step on a pinned route: the same thing as a full one, for a faulty peer
     try:
         return str(decode(data)[0].type)
     except ProtocolError:

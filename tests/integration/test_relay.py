@@ -41,6 +41,7 @@ from veriswarm.protocol import (
     StepResult,
     decode_reply,
     encode_envelope,
+    encode_relay_tick,
     link_digest,
 )
 from veriswarm.receipts import hex32, sign_digest
@@ -73,9 +74,26 @@ def _one_replica(swarm: LocalSwarm) -> list[str]:
     return [next(n.url for n in swarm.nodes if n.shard == i) for i in range(3)]
 
 
+async def _relay_counts(urls: list[str]) -> list[tuple[float, float]]:
+    """(full relayed steps, relay ticks) each node has taken, from its Prometheus metrics."""
+    counts = []
+    async with aiohttp.ClientSession() as http:
+        for url in urls:
+            async with http.get(url + "/metrics") as resp:
+                text = await resp.text()
+            found = {kind: 0.0 for kind in ("relay", "relay_tick")}
+            for line in text.splitlines():
+                for kind in found:
+                    if line.startswith(f'veriswarm_node_requests_total{{kind="{kind}"}}'):
+                        found[kind] = float(line.split()[-1])
+            counts.append((found["relay"], found["relay_tick"]))
+    return counts
+
+
 async def test_relay_and_client_mediated_give_identical_logits(swarm: LocalSwarm, three_shards: Path) -> None:
     urls = _one_replica(swarm)
     runs = {}
+    before = await _relay_counts(urls)
     for relay in (True, False):
         sink = MemorySink()
         async with AsyncClient(three_shards, urls, relay=relay, sink=sink) as client:
@@ -83,6 +101,9 @@ async def test_relay_and_client_mediated_give_identical_logits(swarm: LocalSwarm
         runs[relay] = (gen, sink)
     (relayed, relayed_sink), (direct, direct_sink) = runs[True], runs[False]
     assert relayed.relayed_steps == TOKENS and direct.relayed_steps == 0
+    # The first relayed step (the prefill) pins the route on every node; every later one is a tick.
+    after = await _relay_counts(urls)
+    assert [(a[0] - b[0], a[1] - b[1]) for a, b in zip(after, before, strict=True)] == [(1, TOKENS - 1)] * 3
     assert relayed.token_ids == direct.token_ids
     for a, b in zip(relayed.step_logits, direct.step_logits, strict=True):
         assert torch.equal(a, b)
@@ -239,3 +260,38 @@ def _address(key: bytes) -> str:
     from veriswarm.receipts import address_of
 
     return address_of(key)
+
+
+async def test_relay_ticks_only_on_a_pinned_route(swarm: LocalSwarm, three_shards: Path) -> None:
+    """A tick orders a step on the route a full relayed step pinned: with none pinned (or another hop's) it
+    is refused, and pushed to the owner as relay_failed; a malformed tick is answered on its own connection.
+    Either way nothing is computed, and the node keeps serving the session."""
+    urls = _one_replica(swarm)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(urls[0] + "/v1/info") as resp:
+            info = await resp.json()
+        session_id = hex32(os.urandom(32))
+        owner = await http.ws_connect(urls[0].replace("http", "ws") + "/v1/ws", headers={VERSION_HEADER: PROTOCOL_VERSION})
+        await owner.send_bytes(encode_envelope(OpenSession(manifest_hash=info["manifest_hash"], shard_index=0,
+                                                           session_id=session_id, max_length=32)))
+        assert isinstance(decode_reply((await owner.receive()).data)[0], Opened)
+        frame = encode_tensor(torch.randn(1, 2, 64))
+        nonces = [hex32(os.urandom(32)) for _ in range(3)]
+
+        async def answer() -> ErrorReply:
+            reply, _ = decode_reply((await owner.receive(timeout=10)).data)
+            assert isinstance(reply, ErrorReply), reply
+            return reply
+
+        await owner.send_bytes(encode_relay_tick(session_id, 0, [0, 0, 0], nonces) + frame)
+        err = await answer()
+        assert err.code == "relay_failed" and "route pinned here is none" in err.message and err.step == 0
+        await owner.send_bytes(encode_relay_tick(session_id, 0, [0, 0, 0], nonces)[:50])
+        err = await answer()
+        assert err.code == "bad_frame" and "relay tick truncated" in err.message
+        # Nothing was computed: the owner's own step 0 is still the next one.
+        await owner.send_bytes(encode_envelope(StepRequest(session_id=session_id, step=0, start_pos=0,
+                                                           request_nonce=nonces[0]), frame))
+        reply, _ = decode_reply((await owner.receive(timeout=10)).data)
+        assert isinstance(reply, StepResult) and reply.receipt["step"] == 0
+        await owner.close()
