@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -94,6 +95,8 @@ class NodeState:
     metrics: NodeMetrics
     semaphore: asyncio.Semaphore
     executor: ThreadPoolExecutor | None = None
+    #: forwards running in threads of their own (see _in_own_thread): joined at shutdown, as the executor is
+    own_threads: set[threading.Thread] = field(default_factory=set)
     relay: RelayLinks | None = None
     #: open WebSocket connections by owner id: a relayed step's result or failure is pushed to the
     #: connection that owns the session (the client), whichever connection the step arrived on
@@ -185,6 +188,8 @@ async def _compute(state: NodeState, x: torch.Tensor, in_frame: bytes, start_pos
         t0 = time.perf_counter()
         if _decodes_inline(state, int(x.shape[1])):
             out = state.shard.forward(x, start_pos, cache)
+        elif x.shape[1] > 1 and _decodes_inline(state, 1):
+            out = await _in_own_thread(state, _worker_forward, state, state.threads[1], x, start_pos, cache)
         else:
             threads = state.threads[1] if x.shape[1] > 1 else state.threads[0]
             out = await loop.run_in_executor(state.executor, _worker_forward, state, threads, x,
@@ -192,6 +197,42 @@ async def _compute(state: NodeState, x: torch.Tensor, in_frame: bytes, start_pos
         state.metrics.step_seconds.observe(time.perf_counter() - t0)
     state.metrics.tokens.inc(int(x.shape[1]))
     return encode_tensor(out, frame_wire(in_frame))
+
+
+async def _in_own_thread(state: NodeState, fn: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor:
+    """``fn(*args)`` in a thread that ends with it: a prefill, when decodes run on the event loop.
+
+    Why not the executor: libgomp keeps a pool of OpenMP threads for every thread that has run a
+    parallel region, for the life of that thread, and once a process holds more of them than there are
+    cores it lets idle pool threads spin only ~100 rounds before sleeping. A decode runs dozens of short
+    parallel regions (split matmuls, see split.modeling.rows_linear); with a sleeping team each one waits
+    for a futex wake-up, which made SmolLM2's 8-layer decode forward 8.7 ms at 2 threads instead of 5.3
+    (two processes taking turns, one persistent prefill thread each). A thread that ends frees its pool."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[torch.Tensor] = loop.create_future()
+
+    def settle(result: torch.Tensor | None, error: BaseException | None) -> None:
+        if done.cancelled():
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as exc:  # handed to the awaiting coroutine, raised there
+            loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+        finally:
+            state.own_threads.discard(threading.current_thread())
+
+    thread = threading.Thread(target=run, name="shard-prefill", daemon=True)
+    state.own_threads.add(thread)
+    thread.start()
+    return await done
 
 
 def _worker_forward(state: NodeState, threads: int, x: torch.Tensor, start_pos: int, cache: KVCache | None) -> torch.Tensor:
@@ -642,6 +683,9 @@ async def _executor_ctx(app: web.Application) -> AsyncIterator[None]:
     st.executor = ThreadPoolExecutor(max_workers=st.config.max_concurrency, thread_name_prefix="shard-forward")
     yield
     st.executor.shutdown(wait=True, cancel_futures=True)
+    for thread in list(st.own_threads):
+        thread.join()
+    st.own_threads.clear()
 
 
 async def _relay_ctx(app: web.Application) -> AsyncIterator[None]:

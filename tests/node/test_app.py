@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import struct
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from veriswarm.frames import decode_tensor, encode_tensor, sha256
 from veriswarm.manifest import ModelDir
-from veriswarm.node.app import make_app
+from veriswarm.node.app import STATE, make_app
 from veriswarm.node.config import NodeConfig
 from veriswarm.protocol import (
     PROTOCOL_VERSION,
@@ -181,10 +182,12 @@ async def test_prefills_and_decode_steps_run_at_their_own_thread_counts(tiny_dir
     cfg = NodeConfig(model_dir=tiny_dir, shard=1, max_length=64, inline_decode=inline_decode, prefill_threads=main + 1)
     shard = load_shard(md, 1)
     seen: list[int] = []
+    threads: list[threading.Thread] = []
     forward = shard.forward
 
     def recording(x: torch.Tensor, start_pos: int = 0, cache: object = None) -> torch.Tensor:
         seen.append(torch.get_num_threads())
+        threads.append(threading.current_thread())
         return forward(x, start_pos, cache)  # type: ignore[arg-type]
 
     shard.forward = recording  # type: ignore[method-assign]
@@ -200,8 +203,17 @@ async def test_prefills_and_decode_steps_run_at_their_own_thread_counts(tiny_dir
                                    encode_tensor(x[:, a:b].contiguous()))
             assert isinstance(reply, StepResult)
         await ws.close()
+        threads[0].join(timeout=60)  # a prefill's own thread ends just after handing its result over
+        assert not app[STATE].own_threads
     assert seen == [main + 1, main, main]
     assert torch.get_num_threads() == main
+    if inline_decode:
+        # Decodes on the event loop's thread; the prefill in a thread of its own that has ended (its
+        # OpenMP pool with it: see node.app._in_own_thread).
+        assert threads[1] is threads[2] is threading.main_thread()
+        assert threads[0].name == "shard-prefill" and not threads[0].is_alive()
+    else:
+        assert all(t.name.startswith("shard-forward") for t in threads)
 
 
 async def test_bad_session_messages_get_error_replies_and_the_session_survives(node: TestClient) -> None:

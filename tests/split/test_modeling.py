@@ -185,3 +185,75 @@ def test_low_rank_and_fp16_projections_are_not_stacked() -> None:
     assert Attention(cfg, sd, "layers.0.self_attn").qkv is None
     sd["layers.0.mlp.up_proj.weight"] = sd["layers.0.mlp.up_proj.weight"].half()
     assert MLP(sd, "layers.0.mlp").gate_up is None
+
+
+@pytest.fixture
+def two_threads():  # type: ignore[no-untyped-def]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("rows,cols", [(960, 576), (576, 576), (3072, 576), (576, 1536), (49152, 576), (96, 64)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_rows_linear_is_bitwise_f_linear(rows: int, cols: int, bias: bool, two_threads: None) -> None:
+    """Split over the threads, each output row is still the same dot product: equal to the bit, not close."""
+    from veriswarm.split.modeling import rows_linear
+
+    gen = torch.Generator().manual_seed(rows + cols)
+    w, b = torch.randn(rows, cols, generator=gen), torch.randn(rows, generator=gen) if bias else None
+    for shape in ((1, 1, cols), (1, cols), (cols,)):
+        x = torch.randn(shape, generator=gen)
+        got = rows_linear(x, w, b)
+        assert got.shape == torch.nn.functional.linear(x, w, b).shape
+        assert torch.equal(got, torch.nn.functional.linear(x, w, b))
+
+
+def test_rows_linear_splits_only_what_it_can(two_threads: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from veriswarm.split import modeling
+
+    split = []
+    real_bmm = torch.bmm
+    monkeypatch.setattr(modeling.torch, "bmm", lambda *a: split.append(1) or real_bmm(*a))
+    w = torch.randn(64, 32)
+    modeling.rows_linear(torch.randn(1, 1, 32), w)
+    assert split == [1]
+    # Several positions (a prefill: BLAS threads those itself), an odd number of rows, a strided weight,
+    # another dtype: F.linear as it is.
+    for x, weight in ((torch.randn(1, 3, 32), w), (torch.randn(1, 1, 32), torch.randn(63, 32)),
+                      (torch.randn(1, 1, 32), torch.randn(32, 64).t()), (torch.randn(1, 1, 32).half(), w.half())):
+        assert torch.equal(modeling.rows_linear(x, weight), torch.nn.functional.linear(x, weight))
+    assert split == [1]
+    torch.set_num_threads(1)
+    modeling.rows_linear(torch.randn(1, 1, 32), w)
+    assert split == [1]
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_decode_at_two_threads_matches_one_thread_projections(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A whole shard's cached decode with the projections split over 2 threads computes what F.linear on
+    one thread does (attention itself may round differently with the thread count, so the projections
+    are compared, each on the same input)."""
+    from veriswarm.split import modeling
+
+    model = tiny_hf_model(kind, layers=2)
+    _, (shard,) = _split(model, 1)
+    pairs = []
+    real = modeling.rows_linear
+
+    def record(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+        out = real(x, w, b)
+        pairs.append((out, torch.nn.functional.linear(x, w, b)))
+        return out
+
+    monkeypatch.setattr(modeling, "rows_linear", record)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        gen = torch.Generator().manual_seed(5)
+        _prefill_and_decode(shard, torch.randn(1, 4, 64, generator=gen), torch.randn(1, 3, 64, generator=gen))
+    finally:
+        torch.set_num_threads(before)
+    assert len(pairs) == 4 * 2 * 4  # qkv, o, gate_up, down; two layers; prefill + three decode steps
+    assert all(torch.equal(a, b) for a, b in pairs)
