@@ -206,7 +206,7 @@ async def _in_own_thread(state: NodeState, fn: Callable[..., torch.Tensor], *arg
     parallel region, for the life of that thread, and once a process holds more of them than there are
     cores it lets idle pool threads spin only ~100 rounds before sleeping. A decode runs dozens of short
     parallel regions (split matmuls, see split.modeling.rows_linear); with a sleeping team each one waits
-    for a futex wake-up, which made SmolLM2's 8-layer decode forward 8.7 ms at 2 threads instead of 5.3
+    for a futex wake-up, which made SmolLM2's 8-layer decode forward 8.6–9.0 ms at 2 threads instead of 5.3
     (two processes taking turns, one persistent prefill thread each). A thread that ends frees its pool."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[torch.Tensor] = loop.create_future()
