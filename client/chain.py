@@ -121,13 +121,18 @@ class ChainSession:
         if self.router is not None:
             self.router.ban(url, reason)
 
-    async def _connect(self, hop: _Hop, *, exclude: set[str], last: str = "no candidates") -> None:
-        """Open the session on the best remaining replica of this shard; ban the ones that fail."""
+    async def _connect(self, hop: _Hop, *, exclude: set[str], last: str = "no candidates",
+                       connected: NodeLink | RemoteError | None = None) -> None:
+        """Open the session on the best remaining replica of this shard; ban the ones that fail.
+        ``connected``: the first candidate's WebSocket, already opened (or why it could not be)."""
         for peer in hop.candidates:
             if peer.url in exclude:
                 continue
-            link = NodeLink(self.http, peer, self.timeout_s)
+            ready, connected = (connected, None) if peer is hop.candidates[0] else (None, connected)
+            link = ready if isinstance(ready, NodeLink) else NodeLink(self.http, peer, self.timeout_s)
             try:
+                if isinstance(ready, RemoteError):
+                    raise ready
                 await link.open(self.manifest_hash, hop.shard_index, self.session_id, self.max_length,
                                 upstream=self._upstream_of(hop))
             except RemoteError as exc:
@@ -156,8 +161,21 @@ class ChainSession:
 
     async def open(self, max_length: int) -> None:
         self.max_length = max_length
-        for hop in self.hops:
-            await self._connect(hop, exclude=set())
+        # The WebSocket handshakes to every hop's first choice run side by side; the sessions then open in
+        # chain order (each names the node chosen before it as its upstream), a failed one as usual.
+        connected = await asyncio.gather(*(self._preconnect(hop) for hop in self.hops))
+        for hop, link in zip(self.hops, connected, strict=True):
+            await self._connect(hop, exclude=set(), connected=link)
+
+    async def _preconnect(self, hop: _Hop) -> NodeLink | RemoteError | None:
+        if not hop.candidates:
+            return None
+        link = NodeLink(self.http, hop.candidates[0], self.timeout_s)
+        try:
+            await link.connect()
+        except RemoteError as exc:
+            return exc
+        return link
 
     def _verify(self, hop: _Hop, receipt: Receipt, frame: bytes, out_frame: bytes, *, step: int, start: int,
                 nonce: str, shape: tuple[int, ...]) -> tuple[bytes, torch.Tensor]:
@@ -425,9 +443,7 @@ class ChainSession:
         return x
 
     async def close(self) -> None:
-        for hop in self.hops:
-            if hop.link is not None:
-                await hop.link.close(self.session_id)
+        await asyncio.gather(*(hop.link.close(self.session_id) for hop in self.hops if hop.link is not None))
 
 
 def _stale(reply: object, orders: list[HopOrder], i: int, abandoned: deque[str]) -> bool:
