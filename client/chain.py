@@ -128,7 +128,7 @@ class ChainSession:
         for peer in hop.candidates:
             if peer.url in exclude:
                 continue
-            ready, connected = (connected, None) if peer is hop.candidates[0] else (None, connected)
+            ready = connected if peer is hop.candidates[0] else None
             link = ready if isinstance(ready, NodeLink) else NodeLink(self.http, peer, self.timeout_s)
             try:
                 if isinstance(ready, RemoteError):

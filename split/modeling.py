@@ -190,10 +190,8 @@ class StackedRows:
         return cls(dense, weight, bias)
 
     def usable(self) -> bool:
-        if _module_hooks._global_forward_hooks or _module_hooks._global_forward_pre_hooks:
-            return False
         for lin, (w, b) in zip(self.linears, self._ptrs, strict=True):
-            if lin._forward_hooks or lin._forward_pre_hooks or lin.weight.data_ptr() != w:
+            if _hooked(lin) or lin.weight.data_ptr() != w:
                 return False
             if (None if lin.bias is None else lin.bias.data_ptr()) != b:
                 return False
@@ -206,10 +204,16 @@ class StackedRows:
 def project(lin: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``lin(x)``; a plain dense linear without hooks through :func:`rows_linear` (a module with hooks,
     or any other kind of projection, is called itself)."""
-    if (type(lin) is nn.Linear and not (lin._forward_hooks or lin._forward_pre_hooks)
-            and not (_module_hooks._global_forward_hooks or _module_hooks._global_forward_pre_hooks)):
+    if type(lin) is nn.Linear and not _hooked(lin):
         return rows_linear(x, lin.weight, lin.bias)
     return lin(x)
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether calling ``module`` would run forward hooks (its own or global ones): then it must be called
+    itself, not bypassed by a stacked or split matmul."""
+    return bool(module._forward_hooks or module._forward_pre_hooks
+                or _module_hooks._global_forward_hooks or _module_hooks._global_forward_pre_hooks)
 
 
 class Attention(nn.Module):
